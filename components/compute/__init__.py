@@ -1,0 +1,1 @@
+"""DeepSpeed: config building, single-process or launched initialisation, checkpoints."""

@@ -1,0 +1,119 @@
+"""DeepSpeed in one place: our ComputeConfig -> a DeepSpeed config; process-group start-up with or without a
+launcher; engine creation; checkpoints; gathering ZeRO-3 weights to save a HF directory.
+
+Without a launcher (torchrun / deepspeed), a single process sets RANK=0 WORLD_SIZE=1 itself. The backend is
+nccl on CUDA and gloo on CPU, so the same code runs on both.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import deepspeed
+import torch
+import torch.distributed as dist
+
+from components.compute.config import ComputeConfig
+from components.io.atomic import atomic_dir
+from components.models.loading import save_pretrained
+
+
+def world() -> tuple[int, int]:
+    """(rank, world_size) of this process; (0, 1) before the process group starts."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_rank0() -> bool:
+    return world()[0] == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> None:
+    """Start the process group once. A launcher's env vars are used as they are; otherwise a 1-process group."""
+    if dist.is_initialized():
+        return
+    if "WORLD_SIZE" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+
+
+def ds_config(compute: ComputeConfig, lr: float, weight_decay: float, warmup_steps: int,
+              total_steps: int) -> dict[str, Any]:
+    """The DeepSpeed JSON config for one training stage (AdamW, linear warmup then cosine to 10% of lr)."""
+    _, world_size = world()
+    zero: dict[str, Any] = {"stage": compute.zero_stage}
+    if compute.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    if compute.offload_param:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    return {
+        "train_micro_batch_size_per_gpu": compute.micro_batch_size,
+        "gradient_accumulation_steps": compute.gradient_accumulation_steps,
+        "train_batch_size": compute.micro_batch_size * compute.gradient_accumulation_steps * world_size,
+        "gradient_clipping": compute.gradient_clipping,
+        "zero_optimization": zero,
+        "bf16": {"enabled": compute.precision == "bf16"},
+        "optimizer": {"type": "AdamW", "params": {"lr": lr, "weight_decay": weight_decay, "betas": [0.9, 0.95]}},
+        "scheduler": {"type": "WarmupCosineLR", "params": {
+            "total_num_steps": max(total_steps, 1), "warmup_num_steps": max(min(warmup_steps, total_steps), 1),
+            "warmup_type": "linear", "warmup_min_ratio": 0.0, "cos_min_ratio": 0.1}},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def initialize(model: torch.nn.Module, config: dict[str, Any]):
+    """Wrap `model` in a DeepSpeed engine (the process group must be started)."""
+    init_distributed()
+    params = [p for p in model.parameters() if p.requires_grad]
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=config)
+    return engine
+
+
+@contextlib.contextmanager
+def gathered(module: torch.nn.Module):
+    """Full parameters visible inside the block, also under ZeRO-3 (a no-op for stages 0-2)."""
+    params = list(module.parameters())
+    if any(hasattr(p, "ds_id") for p in params):
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            yield module
+    else:
+        yield module
+
+
+def save_hf(engine, tokenizer, out_dir: str | Path, extra_files: dict[str, str] | None = None) -> None:
+    """Save the engine's model as a HF directory, atomically, on rank 0 (ZeRO-3 shards are gathered on every
+    rank first). `extra_files` maps file names to text written beside the weights (e.g. metrics.json)."""
+    with gathered(engine.module) as module:
+        if is_rank0():
+            with atomic_dir(out_dir) as tmp:
+                save_pretrained(module, tokenizer, tmp)
+                for name, text in (extra_files or {}).items():
+                    (tmp / name).write_text(text)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def save_checkpoint(engine, ckpt_dir: str | Path, tag: str, client_state: dict[str, Any] | None = None) -> None:
+    """Engine state (weights, optimizer, scheduler) plus our own `client_state` (step, RNG, data position)."""
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state or {})
+
+
+def load_checkpoint(engine, ckpt_dir: str | Path, tag: str | None = None) -> dict[str, Any]:
+    """Restore a checkpoint written by `save_checkpoint`; returns its client_state."""
+    path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    if path is None:
+        raise FileNotFoundError(f"{ckpt_dir}: no DeepSpeed checkpoint (tag {tag or 'latest'})")
+    return client_state

@@ -1,0 +1,107 @@
+"""The training loop SFT and the reward model share: sharded micro batches, DeepSpeed steps,
+periodic logging and evaluation through a callback (so the loop never imports a tracker)."""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from components.compute.engine import is_rank0, world
+
+log = logging.getLogger(__name__)
+LogFn = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class LoopPlan:
+    """How many examples, passes and optimizer steps a stage runs."""
+
+    name: str
+    n_examples: int
+    micro_batch_size: int
+    grad_accum: int
+    epochs: int
+    max_steps: int | None
+    log_every: int
+    eval_every: int
+    seed: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro_batch_size * self.grad_accum * world()[1]
+
+    @property
+    def total_steps(self) -> int:
+        per_epoch = max(self.n_examples // self.global_batch, 1)
+        return min(self.max_steps, per_epoch * self.epochs) if self.max_steps else per_epoch * self.epochs
+
+
+def micro_batches(plan: LoopPlan) -> Iterator[list[int]]:
+    """Index lists of this rank's micro batches. Every rank shuffles with the same seed and takes its own slice
+    of each global batch, so 1 rank x 2 micro batches sees what 2 ranks x 1 micro batch see."""
+    rank, world_size = world()
+    rng, step = random.Random(plan.seed), 0
+    while True:
+        order = list(range(plan.n_examples))
+        rng.shuffle(order)
+        order += order[: (-len(order)) % plan.global_batch]  # wrap around so a step is never short
+        for start in range(0, len(order) - plan.global_batch + 1, plan.global_batch):
+            batch = order[start:start + plan.global_batch]
+            mine = batch[rank::world_size]
+            for k in range(plan.grad_accum):
+                yield mine[k * plan.micro_batch_size:(k + 1) * plan.micro_batch_size]
+            step += 1
+            if step >= plan.total_steps:
+                return
+
+
+def train(engine, plan: LoopPlan, step_fn: Callable[[list[int]], tuple[torch.Tensor, dict[str, float]]],
+          evaluate: Callable[[], dict[str, float]], on_log: LogFn | None = None) -> dict[str, float]:
+    """Run `plan.total_steps` optimizer steps. `step_fn(indices)` returns (loss, metrics) for one micro batch;
+    `evaluate()` returns held-out metrics (called on every rank, as ZeRO-3 forwards need them all).
+    Returns the last training and evaluation metrics."""
+    sums: dict[str, float] = {}
+    count, micro, t0, last, reported = 0, 0, time.perf_counter(), {}, 0
+    engine.train()
+    for indices in micro_batches(plan):
+        loss, metrics = step_fn(indices)
+        engine.backward(loss)
+        engine.step()
+        for k, v in {"loss": loss.item(), **metrics}.items():
+            sums[k] = sums.get(k, 0.0) + v
+        count, micro = count + 1, micro + 1
+        if micro % plan.grad_accum:
+            continue
+        step = micro // plan.grad_accum
+        if step % plan.log_every == 0 or step == plan.total_steps:
+            last = {f"train/{k}": v / count for k, v in sums.items()}
+            last["train/lr"] = engine.get_lr()[0]
+            last["train/steps_per_s"] = (step - reported) / max(time.perf_counter() - t0, 1e-9)
+            _report(plan, step, last, on_log)
+            sums, count, t0, reported = {}, 0, time.perf_counter(), step
+        if step % plan.eval_every == 0 or step == plan.total_steps:
+            last.update(_evaluate(engine, plan, step, evaluate, on_log))
+    return last
+
+
+def _evaluate(engine, plan: LoopPlan, step: int, evaluate, on_log) -> dict[str, float]:
+    engine.eval()
+    with torch.no_grad():
+        metrics = {f"eval/{k}": v for k, v in evaluate().items()}
+    engine.train()
+    _report(plan, step, metrics, on_log)
+    return metrics
+
+
+def _report(plan: LoopPlan, step: int, metrics: dict[str, float], on_log: LogFn | None) -> None:
+    if not is_rank0():
+        return
+    shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if math.isfinite(v))
+    log.info("%s step %d/%d %s", plan.name, step, plan.total_steps, shown)
+    if on_log is not None:
+        on_log(step, metrics)

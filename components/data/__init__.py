@@ -1,0 +1,1 @@
+"""Data prep: the demo review task, the gold scorer, TRL dataset formats, tokenizers, manifests."""

@@ -1,0 +1,94 @@
+"""Load or build models and tokenizers; save them as `save_pretrained` directories (safetensors).
+
+A `name_or_path` is, in order: an s3:// prefix (downloaded to the cache), an existing local directory,
+a path-looking string that does not exist (an error naming the field), or a Hugging Face hub id.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, GPT2Config,
+                          LlamaConfig, PreTrainedModel)
+
+from components.errors import ModelLoadError
+from components.io.s3 import download_dir
+from components.models.config import ArchSpec, ModelSpec
+
+
+def resolve(name_or_path: str, field: str, cache_dir: str | Path = ".rlhf/cache") -> str:
+    """Return a local directory or a hub id for `name_or_path`; `field` names the config key for errors."""
+    if name_or_path.startswith("s3://"):
+        return str(download_dir(name_or_path, cache_dir))
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return str(path)
+    if path.exists():
+        raise ModelLoadError(f"{field}: {name_or_path} is a file; expected a save_pretrained directory")
+    if name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1:
+        raise ModelLoadError(f"{field}: model directory {name_or_path} does not exist")
+    return name_or_path  # a hub id such as "gpt2" or "org/name"
+
+
+def load_tokenizer(name_or_path: str, field: str = "tokenizer", trust_remote_code: bool = False,
+                   cache_dir: str | Path = ".rlhf/cache"):
+    """AutoTokenizer with a pad token guaranteed (falls back to EOS, as TRL does)."""
+    where = resolve(name_or_path, field, cache_dir)
+    try:
+        tok = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise ModelLoadError(f"{field}: cannot load a tokenizer from {name_or_path!r}: {exc}") from exc
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _arch_config(arch: ArchSpec, tokenizer, num_labels: int | None):
+    ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    if num_labels is not None:
+        ids["num_labels"] = num_labels
+    inner = arch.intermediate_size or 4 * arch.hidden_size
+    if arch.type == "gpt2":
+        return GPT2Config(n_layer=arch.n_layer, n_embd=arch.hidden_size, n_head=arch.n_head,
+                          n_positions=arch.max_positions, n_inner=inner, **ids)
+    return LlamaConfig(num_hidden_layers=arch.n_layer, hidden_size=arch.hidden_size, num_attention_heads=arch.n_head,
+                       num_key_value_heads=arch.n_head, max_position_embeddings=arch.max_positions,
+                       intermediate_size=inner, **ids)
+
+
+def _from_pretrained(auto_cls, spec: ModelSpec, field: str, cache_dir, **kwargs) -> PreTrainedModel:
+    where = resolve(spec.name_or_path, f"{field}.name_or_path", cache_dir)
+    try:
+        return auto_cls.from_pretrained(where, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
+                                        dtype=torch.float32, **kwargs)
+    except Exception as exc:
+        raise ModelLoadError(f"{field}.name_or_path: cannot load {spec.name_or_path!r}: {exc}") from exc
+
+
+def _fit_vocab(model: PreTrainedModel, tokenizer) -> PreTrainedModel:
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def causal_lm(spec: ModelSpec, tokenizer, field: str, cache_dir: str | Path = ".rlhf/cache") -> PreTrainedModel:
+    """A causal LM loaded from `spec.name_or_path` or built from `spec.arch` (random init; seed first)."""
+    if spec.arch is not None:
+        return AutoModelForCausalLM.from_config(_arch_config(spec.arch, tokenizer, None))
+    return _fit_vocab(_from_pretrained(AutoModelForCausalLM, spec, field, cache_dir), tokenizer)
+
+
+def reward_model(spec: ModelSpec, tokenizer, field: str, cache_dir: str | Path = ".rlhf/cache") -> PreTrainedModel:
+    """`AutoModelForSequenceClassification(num_labels=1)` on any backbone; a causal-LM dir keeps its trunk."""
+    if spec.arch is not None:
+        return AutoModelForSequenceClassification.from_config(_arch_config(spec.arch, tokenizer, 1))
+    model = _from_pretrained(AutoModelForSequenceClassification, spec, field, cache_dir, num_labels=1)
+    return _fit_vocab(model, tokenizer)
+
+
+def save_pretrained(model: PreTrainedModel, tokenizer, out_dir: str | Path) -> None:
+    """Write a HF directory loadable with `from_pretrained`: config, safetensors weights, tokenizer."""
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)

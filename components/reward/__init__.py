@@ -1,0 +1,1 @@
+"""Reward model: Bradley-Terry pairwise loss on a sequence-classification head."""

@@ -1,0 +1,1 @@
+"""Supervised fine-tuning: causal-LM loss on completion tokens only."""

@@ -1,0 +1,59 @@
+"""The SFT stage: fine-tune a causal LM on data prep's sft_train split, report held-out loss and perplexity."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from components.compute import engine as ds
+from components.compute.loop import LogFn, LoopPlan, train
+from components.data.prepare import load_data_tokenizer, read_split
+from components.models.loading import causal_lm
+from components.sft.config import SFTConfig
+from components.sft.data import collate, encode, token_nll
+
+
+def run(config: SFTConfig, data_dir: str | Path, out_dir: str | Path, max_length: int,
+        on_log: LogFn | None = None) -> dict[str, float]:
+    """Train, then write a HF directory (model + tokenizer + metrics.json) to `out_dir` atomically.
+    Returns metrics including `eval/loss_before`, `eval/loss` and `eval/perplexity`."""
+    ds.init_distributed()
+    torch.manual_seed(config.seed)
+    tokenizer = load_data_tokenizer(data_dir)
+    train_set = [encode(tokenizer, r["prompt"], r["completion"], max_length) for r in read_split(data_dir, "sft_train")]
+    eval_set = [encode(tokenizer, r["prompt"], r["completion"], max_length) for r in read_split(data_dir, "sft_eval")]
+    model = causal_lm(config.model, tokenizer, field="sft.model")
+    c = config.compute
+    plan = LoopPlan("sft", len(train_set), c.micro_batch_size, c.gradient_accumulation_steps, config.epochs,
+                    config.max_steps, config.log_every, config.eval_every, config.seed)
+    engine = ds.initialize(model, ds.ds_config(c, config.lr, config.weight_decay, config.warmup_steps, plan.total_steps))
+
+    def step_fn(indices: list[int]):
+        batch = collate([train_set[i] for i in indices], tokenizer.pad_token_id)
+        nll, n_tokens = token_nll(engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                                  batch["labels"])
+        return nll / n_tokens.clamp(min=1), {}
+
+    def evaluate() -> dict[str, float]:
+        return evaluate_loss(engine, eval_set, tokenizer.pad_token_id, c.micro_batch_size)
+
+    engine.eval()
+    with torch.no_grad():
+        before = evaluate()
+    metrics = {"eval/loss_before": before["loss"], **train(engine, plan, step_fn, evaluate, on_log)}
+    ds.save_hf(engine, tokenizer, out_dir, {"metrics.json": json.dumps(metrics, indent=1)})
+    return metrics
+
+
+def evaluate_loss(model, examples: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int) -> dict[str, float]:
+    """Token-weighted mean NLL over completion tokens, and its perplexity."""
+    total, count = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start:start + batch_size], pad_id)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        nll, n = token_nll(logits, batch["labels"])
+        total, count = total + nll.item(), count + n.item()
+    loss = total / max(count, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}

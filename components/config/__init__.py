@@ -1,6 +1,2 @@
-"""Typed configuration: one pydantic model per stage, composed into `PipelineConfig`."""
-from components.config.base import StrictModel
-from components.config.loading import load_config, parse_overrides
-from components.config.pipeline import PipelineConfig
-
-__all__ = ["StrictModel", "PipelineConfig", "load_config", "parse_overrides"]
+"""Typed configuration: `base.StrictModel`, one model per stage, composed into `pipeline.PipelineConfig`;
+`loading.load_config` reads YAML plus overrides. (Nothing is imported here, to keep stage configs free of cycles.)"""

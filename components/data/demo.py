@@ -3,7 +3,7 @@
 Prompts read "Review of <title>:"; completions are 1-3 template sentences. A completion's sentiment
 target is drawn uniformly from positive / negative / mixed / neutral, and some completions carry faults
 (a repeated word, a truncated last sentence) so that the gold scorer has quality to judge, not only tone.
-Evaluation prompts use titles never seen in training.
+Evaluation prompts use title combinations never seen in training.
 """
 from __future__ import annotations
 
@@ -29,9 +29,10 @@ _MOODS = {"positive": ["pos"], "negative": ["neg"], "mixed": ["pos", "neg"], "ne
 
 
 def titles(rng: random.Random, held_out: bool) -> list[str]:
-    """Train titles and eval titles are disjoint: eval uses the last 4 first-words."""
-    firsts = _FIRST[-4:] if held_out else _FIRST[:-4]
-    return [f"The {a} {b}" for a in firsts for b in _SECOND]
+    """Train and eval titles are disjoint combinations (one in five is held out), but every word of an eval
+    title also occurs in training titles, so no eval token has an untrained embedding."""
+    return [f"The {a} {b}" for i, a in enumerate(_FIRST) for j, b in enumerate(_SECOND)
+            if ((i + j) % 5 == 0) == held_out]
 
 
 def prompt_for(title: str) -> str:

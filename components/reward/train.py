@@ -1,0 +1,84 @@
+"""The reward-model stage: fit r(x, y) on preference pairs, report accuracy on held-out pairs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from components.compute import engine as ds
+from components.compute.loop import LogFn, LoopPlan, train
+from components.data.prepare import load_data_tokenizer, read_split
+from components.models.config import ModelSpec
+from components.reward.config import RewardConfig
+from components.reward.losses import pairwise_accuracy, pairwise_loss
+
+Pair = tuple[list[int], list[int]]  # token ids of prompt+chosen+EOS, prompt+rejected+EOS
+
+
+def encode_pair(tokenizer, record: dict[str, str], max_length: int) -> Pair:
+    """Tokenise both responses after the prompt, each ending in EOS, cut at `max_length` keeping the end."""
+    p = tokenizer(record["prompt"], add_special_tokens=False)["input_ids"]
+
+    def one(response: str) -> list[int]:
+        return (p + tokenizer(response, add_special_tokens=False)["input_ids"])[:max_length - 1] + [tokenizer.eos_token_id]
+
+    return one(record["chosen"]), one(record["rejected"])
+
+
+def score_batch(model, sequences: list[list[int]], pad_id: int) -> torch.Tensor:
+    """Scalar rewards (N,) for right-padded sequences; the head reads the last non-pad token."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)  # (N, T)
+    mask = torch.zeros_like(ids)  # (N, T)
+    for i, s in enumerate(sequences):
+        ids[i, :len(s)], mask[i, :len(s)] = torch.tensor(s), 1
+    return model(input_ids=ids, attention_mask=mask).logits.squeeze(-1).float()  # (N,)
+
+
+def run(config: RewardConfig, data_dir: str | Path, out_dir: str | Path, max_length: int,
+        base_model: str | None = None, on_log: LogFn | None = None) -> dict[str, float]:
+    """Train a reward model from `config.model`, or else from `base_model` (the SFT output dir), and write a
+    HF directory (AutoModelForSequenceClassification, num_labels=1) with metrics.json to `out_dir` atomically."""
+    from components.models.loading import reward_model
+
+    spec = config.model or (ModelSpec(name_or_path=str(base_model)) if base_model else None)
+    if spec is None:
+        raise ValueError("reward.model is not set and no SFT model was given as the base")
+    ds.init_distributed()
+    torch.manual_seed(config.seed)
+    tokenizer = load_data_tokenizer(data_dir)
+    train_set = [encode_pair(tokenizer, r, max_length) for r in read_split(data_dir, "preference_train")]
+    eval_set = [encode_pair(tokenizer, r, max_length) for r in read_split(data_dir, "preference_eval")]
+    model = reward_model(spec, tokenizer, field="reward.model")
+    c = config.compute
+    plan = LoopPlan("reward", len(train_set), c.micro_batch_size, c.gradient_accumulation_steps, config.epochs,
+                    config.max_steps, config.log_every, config.eval_every, config.seed)
+    engine = ds.initialize(model, ds.ds_config(c, config.lr, config.weight_decay, config.warmup_steps, plan.total_steps))
+
+    def step_fn(indices: list[int]):
+        pairs = [train_set[i] for i in indices]
+        rewards = score_batch(engine, [p[0] for p in pairs] + [p[1] for p in pairs], tokenizer.pad_token_id)
+        r_c, r_r = rewards.chunk(2)  # (B,), (B,)
+        return pairwise_loss(r_c, r_r, config.margin), {"accuracy": pairwise_accuracy(r_c, r_r).item(),
+                                                         "margin_mean": (r_c - r_r).mean().item()}
+
+    def evaluate() -> dict[str, float]:
+        return evaluate_pairs(engine, eval_set, tokenizer.pad_token_id, c.micro_batch_size, config.margin)
+
+    metrics = train(engine, plan, step_fn, evaluate, on_log)
+    ds.save_hf(engine, tokenizer, out_dir, {"metrics.json": json.dumps(metrics, indent=1)})
+    return metrics
+
+
+def evaluate_pairs(model, pairs: list[Pair], pad_id: int, batch_size: int, margin: float = 0.0) -> dict[str, float]:
+    """Held-out pairwise loss and accuracy (agreement with the pair's label)."""
+    chosen, rejected = [], []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        rewards = score_batch(model, [p[0] for p in chunk] + [p[1] for p in chunk], pad_id)
+        r_c, r_r = rewards.chunk(2)
+        chosen.append(r_c)
+        rejected.append(r_r)
+    r_c, r_r = torch.cat(chosen), torch.cat(rejected)
+    return {"loss": pairwise_loss(r_c, r_r, margin).item(), "accuracy": pairwise_accuracy(r_c, r_r).item()}

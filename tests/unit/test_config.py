@@ -1,0 +1,81 @@
+import textwrap
+
+import pytest
+
+from components.config.loading import load_config, parse_overrides
+from components.errors import ConfigError
+
+
+def write(tmp_path, text):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_demo_config_is_valid():
+    config = load_config("configs/demo.yaml")
+    assert config.data.source == "demo" and config.sft.model.arch.n_layer == 2
+
+
+def test_bad_value_names_file_line_and_field(tmp_path):
+    path = write(tmp_path, """\
+        name: x
+        sft:
+          epochs: 1
+          lr: -1.0
+        """)
+    with pytest.raises(ConfigError, match=rf"{path}:4: sft.lr: Input should be greater than 0"):
+        load_config(path)
+
+
+def test_unknown_key_is_an_error(tmp_path):
+    path = write(tmp_path, "reward:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=rf"{path}:2: reward.learning_rate: Extra inputs are not permitted"):
+        load_config(path)
+
+
+def test_cross_field_checks_raise(tmp_path):
+    path = write(tmp_path, "sft:\n  compute:\n    zero_stage: 2\n    offload_param: true\n")
+    with pytest.raises(ConfigError, match=r"sft.compute: Value error, offload_param needs zero_stage 3"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="max_prompt_length=64 leaves no room under max_length=64"):
+        load_config(None, ["data.max_prompt_length=64"])
+    with pytest.raises(ConfigError, match="set exactly one of name_or_path or arch"):
+        load_config(None, ["sft.model.name_or_path=gpt2", "sft.model.arch.n_layer=2"])
+    with pytest.raises(ConfigError, match="hidden_size=100 is not divisible by n_head=3"):
+        load_config(None, ["sft.model.arch.hidden_size=100", "sft.model.arch.n_head=3"])
+    with pytest.raises(ConfigError, match="max_positions=32 is shorter than data.max_length=64"):
+        load_config(None, ["sft.model.arch.max_positions=32"])
+
+
+def test_overrides_are_typed_and_named_in_errors():
+    assert parse_overrides(["sft.lr=0.5", "reward.model=null", "name=abc", "sft.epochs=3"]) == {
+        ("sft", "lr"): 0.5, ("reward", "model"): None, ("name",): "abc", ("sft", "epochs"): 3}
+    config = load_config("configs/demo.yaml", ["sft.lr=2e-5", "sft.compute.zero_stage=3"])
+    assert config.sft.lr == 2e-5 and config.sft.compute.zero_stage == 3
+    with pytest.raises(ConfigError, match=r"--set sft.compute.zero_stage: sft.compute.zero_stage: Input should be 0, 1, 2 or 3"):
+        load_config("configs/demo.yaml", ["sft.compute.zero_stage=4"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_overrides(["sft.lr"])
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "sft: [unclosed\n"))
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"))
+
+
+def test_every_field_has_a_description():
+    from components.config.base import StrictModel
+    from components.config.pipeline import PipelineConfig
+
+    def walk(model):
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no description"
+            for arg in getattr(field.annotation, "__args__", (field.annotation,)):
+                if isinstance(arg, type) and issubclass(arg, StrictModel):
+                    walk(arg)
+    walk(PipelineConfig)

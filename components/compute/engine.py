@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 from pathlib import Path
 from typing import Any
 
 import deepspeed
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -106,14 +108,32 @@ def save_hf(engine, tokenizer, out_dir: str | Path, extra_files: dict[str, str] 
         dist.barrier()
 
 
+def rng_state() -> dict[str, Any]:
+    """Every random stream training draws from (dropout, sampling, shuffles), so a resume continues exactly."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def save_checkpoint(engine, ckpt_dir: str | Path, tag: str, client_state: dict[str, Any] | None = None) -> None:
-    """Engine state (weights, optimizer, scheduler) plus our own `client_state` (step, RNG, data position)."""
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state or {})
+    """Engine state (weights, optimizer, scheduler), this rank's RNG states, and our `client_state`
+    (e.g. iteration, data position, KL controller)."""
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={**(client_state or {}), "rng": rng_state()})
 
 
 def load_checkpoint(engine, ckpt_dir: str | Path, tag: str | None = None) -> dict[str, Any]:
-    """Restore a checkpoint written by `save_checkpoint`; returns its client_state."""
+    """Restore a checkpoint written by `save_checkpoint`, RNG states included; returns its client_state."""
     path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
     if path is None:
         raise FileNotFoundError(f"{ckpt_dir}: no DeepSpeed checkpoint (tag {tag or 'latest'})")
+    set_rng_state(client_state.pop("rng"))
     return client_state

@@ -59,7 +59,7 @@ def _read_jsonl(local: Path, name: str) -> Rows:
             try:
                 row = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise DataError(name, f"malformed JSON: {exc.msg} (column {exc.colno})", number) from None
+                raise DataError(name, f"malformed JSON: {exc.msg} at character {exc.pos}", number) from None
             if not isinstance(row, dict):
                 raise DataError(name, f"expected a JSON object, got {type(row).__name__}", number)
             rows.append(row)

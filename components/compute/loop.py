@@ -42,8 +42,9 @@ class LoopPlan:
 
 
 def micro_batches(plan: LoopPlan) -> Iterator[list[int]]:
-    """Index lists of this rank's micro batches. Every rank shuffles with the same seed and takes its own slice
-    of each global batch, so 1 rank x 2 micro batches sees what 2 ranks x 1 micro batch see."""
+    """Index lists of this rank's micro batches. Every rank shuffles with the same seed and cuts each global batch
+    into world x grad_accum strided micro batches, so 1 rank x 2 accumulated micro batches computes exactly the
+    micro batches that 2 ranks x 1 micro batch compute."""
     rank, world_size = world()
     rng, step = random.Random(plan.seed), 0
     while True:
@@ -52,9 +53,9 @@ def micro_batches(plan: LoopPlan) -> Iterator[list[int]]:
         order += order[: (-len(order)) % plan.global_batch]  # wrap around so a step is never short
         for start in range(0, len(order) - plan.global_batch + 1, plan.global_batch):
             batch = order[start:start + plan.global_batch]
-            mine = batch[rank::world_size]
+            n_micro = world_size * plan.grad_accum  # micro batch j is batch[j::n_micro]; rank r takes j = r + k*world
             for k in range(plan.grad_accum):
-                yield mine[k * plan.micro_batch_size:(k + 1) * plan.micro_batch_size]
+                yield batch[rank + k * world_size::n_micro]
             step += 1
             if step >= plan.total_steps:
                 return

@@ -17,6 +17,7 @@ class ArchSpec(StrictModel):
     n_head: int = Field(4, ge=1, description="Attention heads; must divide hidden_size.")
     max_positions: int = Field(128, ge=8, description="Longest sequence the position embeddings cover.")
     intermediate_size: int | None = Field(None, ge=8, description="MLP width; default 4 x hidden_size.")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on embeddings, attention and residuals.")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> "ArchSpec":

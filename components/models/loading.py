@@ -51,10 +51,11 @@ def _arch_config(arch: ArchSpec, tokenizer, num_labels: int | None):
     inner = arch.intermediate_size or 4 * arch.hidden_size
     if arch.type == "gpt2":
         return GPT2Config(n_layer=arch.n_layer, n_embd=arch.hidden_size, n_head=arch.n_head,
-                          n_positions=arch.max_positions, n_inner=inner, **ids)
+                          n_positions=arch.max_positions, n_inner=inner, resid_pdrop=arch.dropout,
+                          embd_pdrop=arch.dropout, attn_pdrop=arch.dropout, **ids)
     return LlamaConfig(num_hidden_layers=arch.n_layer, hidden_size=arch.hidden_size, num_attention_heads=arch.n_head,
                        num_key_value_heads=arch.n_head, max_position_embeddings=arch.max_positions,
-                       intermediate_size=inner, **ids)
+                       intermediate_size=inner, attention_dropout=arch.dropout, **ids)
 
 
 def _from_pretrained(auto_cls, spec: ModelSpec, field: str, cache_dir, **kwargs) -> PreTrainedModel:

@@ -1,0 +1,1 @@
+"""Prefect flows: the pipeline and one flow per stage. They only call tasks."""

@@ -1,0 +1,1 @@
+"""Prefect tasks: one thin wrapper per stage (typed config + upstream StageOutputs in, StageOutput out)."""

@@ -26,3 +26,17 @@ class ComputeConfig(StrictModel):
         if self.offload_optimizer and self.zero_stage == 0:
             raise ValueError("offload_optimizer needs zero_stage >= 1")
         return self
+
+
+class TrainingConfig(StrictModel):
+    """What every training stage shares: DeepSpeed settings, AdamW and its schedule, loop cadence, seed."""
+
+    compute: ComputeConfig = Field(default_factory=ComputeConfig, description="DeepSpeed settings.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(20, ge=0, description="Linear warmup steps, then cosine decay to 10% of lr.")
+    epochs: int = Field(2, ge=1, description="Passes over the training set.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    eval_every: int = Field(50, ge=1, description="Evaluate on held-out data every N optimizer steps.")
+    log_every: int = Field(10, ge=1, description="Report training metrics every N optimizer steps.")
+    seed: int = Field(0, description="Seed for init, shuffling and dropout.")

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from components.compute import engine as ds
+from components.compute.config import TrainingConfig
 from components.compute.engine import is_rank0, world
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,15 @@ class LoopPlan:
     def total_steps(self) -> int:
         per_epoch = max(self.n_examples // self.global_batch, 1)
         return min(self.max_steps, per_epoch * self.epochs) if self.max_steps else per_epoch * self.epochs
+
+
+def start(name: str, model: torch.nn.Module, n_examples: int, config: TrainingConfig):
+    """The loop plan and DeepSpeed engine of a training stage: (plan, engine)."""
+    c = config.compute
+    plan = LoopPlan(name, n_examples, c.micro_batch_size, c.gradient_accumulation_steps, config.epochs,
+                    config.max_steps, config.log_every, config.eval_every, config.seed)
+    ds_config = ds.ds_config(c, config.lr, config.weight_decay, config.warmup_steps, plan.total_steps)
+    return plan, ds.initialize(model, ds_config)
 
 
 def micro_batches(plan: LoopPlan) -> Iterator[list[int]]:

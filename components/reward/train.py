@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from components.compute import engine as ds
-from components.compute.loop import LogFn, LoopPlan, train
+from components.compute.loop import LogFn, start, train
 from components.data.prepare import load_data_tokenizer, read_split
 from components.models.config import ModelSpec
 from components.reward.config import RewardConfig
@@ -51,10 +51,7 @@ def run(config: RewardConfig, data_dir: str | Path, out_dir: str | Path, max_len
     train_set = [encode_pair(tokenizer, r, max_length) for r in read_split(data_dir, "preference_train")]
     eval_set = [encode_pair(tokenizer, r, max_length) for r in read_split(data_dir, "preference_eval")]
     model = reward_model(spec, tokenizer, field="reward.model")
-    c = config.compute
-    plan = LoopPlan("reward", len(train_set), c.micro_batch_size, c.gradient_accumulation_steps, config.epochs,
-                    config.max_steps, config.log_every, config.eval_every, config.seed)
-    engine = ds.initialize(model, ds.ds_config(c, config.lr, config.weight_decay, config.warmup_steps, plan.total_steps))
+    plan, engine = start("reward", model, len(train_set), config)
 
     def step_fn(indices: list[int]):
         pairs = [train_set[i] for i in indices]
@@ -64,7 +61,8 @@ def run(config: RewardConfig, data_dir: str | Path, out_dir: str | Path, max_len
                                                          "margin_mean": (r_c - r_r).mean().item()}
 
     def evaluate() -> dict[str, float]:
-        return evaluate_pairs(engine, eval_set, tokenizer.pad_token_id, c.micro_batch_size, config.margin)
+        return evaluate_pairs(engine, eval_set, tokenizer.pad_token_id, config.compute.micro_batch_size,
+                              config.margin)
 
     metrics = train(engine, plan, step_fn, evaluate, on_log)
     ds.save_hf(engine, tokenizer, out_dir, {"metrics.json": json.dumps(metrics, indent=1)})

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from components.compute import engine as ds
-from components.compute.loop import LogFn, LoopPlan, train
+from components.compute.loop import LogFn, start, train
 from components.data.prepare import load_data_tokenizer, read_split
 from components.models.loading import causal_lm
 from components.sft.config import SFTConfig
@@ -25,10 +25,7 @@ def run(config: SFTConfig, data_dir: str | Path, out_dir: str | Path, max_length
     train_set = [encode(tokenizer, r["prompt"], r["completion"], max_length) for r in read_split(data_dir, "sft_train")]
     eval_set = [encode(tokenizer, r["prompt"], r["completion"], max_length) for r in read_split(data_dir, "sft_eval")]
     model = causal_lm(config.model, tokenizer, field="sft.model")
-    c = config.compute
-    plan = LoopPlan("sft", len(train_set), c.micro_batch_size, c.gradient_accumulation_steps, config.epochs,
-                    config.max_steps, config.log_every, config.eval_every, config.seed)
-    engine = ds.initialize(model, ds.ds_config(c, config.lr, config.weight_decay, config.warmup_steps, plan.total_steps))
+    plan, engine = start("sft", model, len(train_set), config)
 
     def step_fn(indices: list[int]):
         batch = collate([train_set[i] for i in indices], tokenizer.pad_token_id)
@@ -37,7 +34,7 @@ def run(config: SFTConfig, data_dir: str | Path, out_dir: str | Path, max_length
         return nll / n_tokens.clamp(min=1), {}
 
     def evaluate() -> dict[str, float]:
-        return evaluate_loss(engine, eval_set, tokenizer.pad_token_id, c.micro_batch_size)
+        return evaluate_loss(engine, eval_set, tokenizer.pad_token_id, config.compute.micro_batch_size)
 
     engine.eval()
     with torch.no_grad():

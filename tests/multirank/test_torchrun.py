@@ -1,6 +1,7 @@
 """2 processes under torchrun (gloo, CPU) against 1 process with the same global batch."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -28,9 +29,15 @@ def launch(nproc: int, extra: list[str], data: Path, out: Path) -> tuple[str, li
     for item in STEPS + extra:
         cmd += ["--set", item]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout + proc.stderr, [json.loads(line) for line in metrics.read_text().splitlines()]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # take the ranks down with the launcher
+        raise
+    assert proc.returncode == 0, output[-6000:]
+    return output, [json.loads(line) for line in metrics.read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")

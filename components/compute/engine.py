@@ -7,6 +7,7 @@ nccl on CUDA and gloo on CPU, so the same code runs on both.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import socket
@@ -21,6 +22,8 @@ import torch.distributed as dist
 from components.compute.config import ComputeConfig
 from components.io.atomic import atomic_dir
 from components.models.loading import save_pretrained
+
+log = logging.getLogger(__name__)
 
 
 def world() -> tuple[int, int]:
@@ -48,6 +51,9 @@ def init_distributed() -> None:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(_free_port()))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if is_rank0():
+        log.info("starting DeepSpeed (%s, %s ranks); its first start on a machine compiles ops (1-2 min, cached)",
+                 backend, os.environ["WORLD_SIZE"])
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
 
 

@@ -10,14 +10,16 @@ from components.compute import engine as ds
 from components.compute.loop import LogFn, start, train
 from components.data.prepare import load_data_tokenizer, read_split
 from components.models.config import ModelSpec
+from components.models.loading import reward_model
 from components.reward.config import RewardConfig
 from components.reward.losses import pairwise_accuracy, pairwise_loss
+from components.sft.data import collate
 
 Pair = tuple[list[int], list[int]]  # token ids of prompt+chosen+EOS, prompt+rejected+EOS
 
 
 def encode_pair(tokenizer, record: dict[str, str], max_length: int) -> Pair:
-    """Tokenise both responses after the prompt, each ending in EOS, cut at `max_length` keeping the end."""
+    """Tokenise both responses after the prompt, each cut to `max_length - 1` tokens from the start, then EOS."""
     p = tokenizer(record["prompt"], add_special_tokens=False)["input_ids"]
 
     def one(response: str) -> list[int]:
@@ -28,20 +30,14 @@ def encode_pair(tokenizer, record: dict[str, str], max_length: int) -> Pair:
 
 def score_batch(model, sequences: list[list[int]], pad_id: int) -> torch.Tensor:
     """Scalar rewards (N,) for right-padded sequences; the head reads the last non-pad token."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)  # (N, T)
-    mask = torch.zeros_like(ids)  # (N, T)
-    for i, s in enumerate(sequences):
-        ids[i, :len(s)], mask[i, :len(s)] = torch.tensor(s), 1
-    return model(input_ids=ids, attention_mask=mask).logits.squeeze(-1).float()  # (N,)
+    batch = collate([(s, s) for s in sequences], pad_id)  # labels unused
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1).float()
 
 
 def run(config: RewardConfig, data_dir: str | Path, out_dir: str | Path, max_length: int,
         base_model: str | None = None, on_log: LogFn | None = None) -> dict[str, float]:
     """Train a reward model from `config.model`, or else from `base_model` (the SFT output dir), and write a
     HF directory (AutoModelForSequenceClassification, num_labels=1) with metrics.json to `out_dir` atomically."""
-    from components.models.loading import reward_model
-
     spec = config.model or (ModelSpec(name_or_path=str(base_model)) if base_model else None)
     if spec is None:
         raise ValueError("reward.model is not set and no SFT model was given as the base")

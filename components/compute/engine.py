@@ -11,6 +11,7 @@ import logging
 import os
 import random
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,10 @@ def init_distributed() -> None:
 
 
 def ds_config(compute: ComputeConfig, lr: float, weight_decay: float, warmup_steps: int,
-              total_steps: int) -> dict[str, Any]:
-    """The DeepSpeed JSON config for one training stage (AdamW, linear warmup then cosine to 10% of lr)."""
+              total_steps: int, schedule: str = "cosine") -> dict[str, Any]:
+    """The DeepSpeed JSON config for one training stage: AdamW, linear warmup, then cosine to 10% of lr
+    (`schedule="cosine"`) or constant (`"constant"`, which does not depend on the run length, so a run
+    can be extended by resuming)."""
     _, world_size = world()
     zero: dict[str, Any] = {"stage": compute.zero_stage}
     if compute.offload_optimizer:
@@ -74,12 +77,19 @@ def ds_config(compute: ComputeConfig, lr: float, weight_decay: float, warmup_ste
         "zero_optimization": zero,
         "bf16": {"enabled": compute.precision == "bf16"},
         "optimizer": {"type": "AdamW", "params": {"lr": lr, "weight_decay": weight_decay, "betas": [0.9, 0.95]}},
-        "scheduler": {"type": "WarmupCosineLR", "params": {
-            "total_num_steps": max(total_steps, 1), "warmup_num_steps": max(min(warmup_steps, total_steps), 1),
-            "warmup_type": "linear", "warmup_min_ratio": 0.0, "cos_min_ratio": 0.1}},
+        "scheduler": _scheduler(schedule, lr, warmup_steps, total_steps),
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+
+
+def _scheduler(schedule: str, lr: float, warmup_steps: int, total_steps: int) -> dict[str, Any]:
+    if schedule == "constant":  # WarmupLR holds warmup_max_lr after the warmup
+        return {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0 if warmup_steps else lr, "warmup_max_lr": lr,
+                                                "warmup_num_steps": max(warmup_steps, 1), "warmup_type": "linear"}}
+    return {"type": "WarmupCosineLR", "params": {
+        "total_num_steps": max(total_steps, 1), "warmup_num_steps": max(min(warmup_steps, total_steps), 1),
+        "warmup_type": "linear", "warmup_min_ratio": 0.0, "cos_min_ratio": 0.1}}
 
 
 def initialize(model: torch.nn.Module, config: dict[str, Any]):
@@ -88,6 +98,31 @@ def initialize(model: torch.nn.Module, config: dict[str, Any]):
     params = [p for p in model.parameters() if p.requires_grad]
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=config)
     return engine
+
+
+def inference(model: torch.nn.Module, compute: ComputeConfig):
+    """A frozen model for no-grad forwards (reference, reward model): sharded by a ZeRO-3 engine without an
+    optimizer when `compute.zero_stage == 3`, else the module itself. Either way in eval mode."""
+    model.requires_grad_(False)
+    if compute.zero_stage != 3:
+        return model.eval()
+    init_distributed()
+    config = {"train_micro_batch_size_per_gpu": compute.micro_batch_size, "zero_optimization": {"stage": 3},
+              "bf16": {"enabled": compute.precision == "bf16"}, "steps_per_print": 10**9}
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    return engine.eval()
+
+
+@contextlib.contextmanager
+def for_generation(engine):
+    """The engine's module ready for HF `generate`. Under ZeRO-3 the parameters are gathered once for the whole
+    generation and the per-module fetch hooks are removed meanwhile (otherwise every token re-gathers them)."""
+    if getattr(engine, "zero_optimization_stage", lambda: 0)() == 3:
+        from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
+        with unwrap_model_for_generation(engine) as unwrapped:
+            yield unwrapped.module
+    else:
+        yield getattr(engine, "module", engine)
 
 
 @contextlib.contextmanager
@@ -101,13 +136,15 @@ def gathered(module: torch.nn.Module):
         yield module
 
 
-def save_hf(engine, tokenizer, out_dir: str | Path, extra_files: dict[str, str] | None = None) -> None:
-    """Save the engine's model as a HF directory, atomically, on rank 0 (ZeRO-3 shards are gathered on every
-    rank first). `extra_files` maps file names to text written beside the weights (e.g. metrics.json)."""
+def save_hf(engine, tokenizer, out_dir: str | Path, extra_files: dict[str, str] | None = None,
+            select: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m) -> None:
+    """Save the engine's model (or the HF model `select(module)` returns) as a HF directory, atomically, on
+    rank 0 (ZeRO-3 shards are gathered on every rank first). `extra_files` maps file names to text written
+    beside the weights (e.g. metrics.json)."""
     with gathered(engine.module) as module:
         if is_rank0():
             with atomic_dir(out_dir) as tmp:
-                save_pretrained(module, tokenizer, tmp)
+                save_pretrained(select(module), tokenizer, tmp)
                 for name, text in (extra_files or {}).items():
                     (tmp / name).write_text(text)
     if dist.is_initialized():

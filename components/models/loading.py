@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, GPT2Config,
-                          LlamaConfig, PreTrainedModel)
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification,
+                          AutoTokenizer, GPT2Config, LlamaConfig, PreTrainedModel)
 
 from components.errors import ModelLoadError
 from components.io.s3 import download_dir
@@ -87,6 +87,24 @@ def reward_model(spec: ModelSpec, tokenizer, field: str, cache_dir: str | Path =
         return AutoModelForSequenceClassification.from_config(_arch_config(spec.arch, tokenizer, 1))
     model = _from_pretrained(AutoModelForSequenceClassification, spec, field, cache_dir, num_labels=1)
     return _fit_vocab(model, tokenizer)
+
+
+def token_value_model(spec: ModelSpec, tokenizer, field: str,
+                      cache_dir: str | Path = ".rlhf/cache") -> PreTrainedModel:
+    """A critic: `AutoModelForTokenClassification(num_labels=1)`, one value per position, on any backbone."""
+    if spec.arch is not None:
+        return AutoModelForTokenClassification.from_config(_arch_config(spec.arch, tokenizer, 1))
+    model = _from_pretrained(AutoModelForTokenClassification, spec, field, cache_dir, num_labels=1)
+    return _fit_vocab(model, tokenizer)
+
+
+def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Set every dropout probability to 0 (as TRL does for RL): PPO's ratio needs the same function at rollout
+    and update time."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
 
 
 def save_pretrained(model: PreTrainedModel, tokenizer, out_dir: str | Path) -> None:

@@ -1,0 +1,170 @@
+"""PPO entry points: `train(prompts=..., reward_fn=...)` (the trlx-style API) and `run(...)` (the pipeline stage,
+reading data prep's splits, the SFT policy and the reward model)."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from components.compute import engine as ds
+from components.compute.engine import is_rank0, world
+from components.compute.loop import LogFn
+from components.data.prepare import read_split
+from components.errors import ConfigError, DataError
+from components.models.config import ModelSpec
+from components.models.loading import load_tokenizer
+from components.ppo.config import PPOConfig
+from components.ppo.models import build_actor, build_critic, build_reference, build_scorer, merged_policy
+from components.ppo.rollout import RewardFn
+from components.ppo.trainer import Models, PPOTrainer
+from components.sft.data import encode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PPOResult:
+    metrics: dict[str, float]  # the last iteration's training metrics and the final eval/* metrics
+    history: list[dict[str, float]] = field(default_factory=list)  # one entry per iteration (and eval)
+    eval_rows: list[dict] = field(default_factory=list)  # the final evaluation's samples
+
+
+def encode_prompts(tokenizer, texts: list[str], max_new_tokens: int, max_positions: int,
+                   source: str = "prompts") -> list[list[int]]:
+    """Token ids of each prompt; an empty set, an empty prompt or one that leaves no room for the response in
+    the model's context is an error naming the prompt."""
+    if not texts:
+        raise DataError(source, "no prompts to train on")
+    encoded = []
+    for i, text in enumerate(texts):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise DataError(source, f"prompt {i} is empty", line=i + 1)
+        if len(ids) + max_new_tokens > max_positions:
+            raise DataError(source, f"prompt {i} has {len(ids)} tokens; with rollout.max_new_tokens="
+                                    f"{max_new_tokens} that exceeds the model's context of {max_positions}", line=i + 1)
+        encoded.append(ids)
+    return encoded
+
+
+def build_models(config: PPOConfig, tokenizer, policy: ModelSpec, reward: ModelSpec | None) -> Models:
+    """Actor (and critic) DeepSpeed engines; frozen reference and scorer (ZeRO-3 sharded when configured)."""
+    ds.init_distributed()
+    _, world_size = world()
+    per_rank = config.minibatch_size // world_size
+    if per_rank == 0 or config.minibatch_size % world_size:
+        raise ConfigError(f"ppo minibatch {config.minibatch_size} cannot be split over {world_size} processes")
+    micro = min(config.compute.micro_batch_size, per_rank)
+    compute = config.compute.model_copy(update={"micro_batch_size": micro,
+                                                "gradient_accumulation_steps": per_rank // micro})
+    steps = config.iterations * config.ppo_epochs * config.num_minibatches
+
+    def engine(model, lr):
+        return ds.initialize(model, ds.ds_config(compute, lr, config.weight_decay, config.warmup_steps, steps,
+                                                 schedule="constant"))
+
+    actor = engine(build_actor(policy, tokenizer, config.critic == "value_head", config.lora, config.seed), config.lr)
+    critic = None
+    if config.critic == "separate":
+        critic = engine(build_critic(config.critic_model or policy, tokenizer), config.critic_lr or config.lr)
+    reference = build_reference(policy, tokenizer, config.lora)
+    return Models(actor=actor, critic=critic,
+                  reference=ds.inference(reference, compute) if reference is not None else None,
+                  scorer=ds.inference(build_scorer(reward, tokenizer), compute) if reward is not None else None)
+
+
+def fit(trainer: PPOTrainer, eval_prompts: list[list[int]], eval_texts: list[str], gold_fn: RewardFn | None,
+        on_log: LogFn | None, checkpoint_dir: str | Path | None) -> PPOResult:
+    """Iterate to config.iterations with periodic logging, evaluation and checkpoints."""
+    c, history = trainer.config, []
+    result = PPOResult(metrics={})
+
+    def report(step: int, metrics: dict[str, float]) -> None:
+        history.append({"iteration": step, **metrics})
+        if is_rank0():
+            shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                             if math.isfinite(v) and not k.startswith(("time/", "perf/")))
+            log.info("ppo iteration %d/%d %s", step, c.iterations, shown)
+            if on_log is not None:
+                on_log(step, metrics)
+
+    def evaluate() -> None:
+        metrics, result.eval_rows = trainer.evaluate(eval_prompts, eval_texts, gold_fn)
+        result.metrics.update({f"eval/{k}": v for k, v in metrics.items()})
+        report(trainer.iteration, {f"eval/{k}": v for k, v in metrics.items()})
+
+    if trainer.iteration == 0 and eval_prompts:
+        evaluate()
+        result.metrics = {f"{k.replace('eval/', 'eval_before/')}": v for k, v in result.metrics.items()}
+    while trainer.iteration < c.iterations:
+        stats = trainer.step()
+        result.metrics.update(stats)
+        it = trainer.iteration
+        if it % c.log_every == 0 or it == c.iterations:
+            report(it, stats)
+        if eval_prompts and (it % c.eval_every == 0 or it == c.iterations):
+            evaluate()
+        if checkpoint_dir and c.checkpoint_every and it % c.checkpoint_every == 0:
+            trainer.save_checkpoint(checkpoint_dir)
+    result.history = history
+    return result
+
+
+def train(prompts: list[str], reward_fn: RewardFn | None = None, config: PPOConfig | None = None, *,
+          model: str | ModelSpec | None = None, reward_model: str | ModelSpec | None = None, tokenizer=None,
+          eval_prompts: list[str] | None = None, gold_fn: RewardFn | None = None, out_dir: str | Path | None = None,
+          checkpoint_dir: str | Path | None = None, resume: bool = False, on_log: LogFn | None = None,
+          ptx_examples: list[tuple[list[int], list[int]]] | None = None) -> PPOResult:
+    """Train a policy with PPO on `prompts`, scored by `reward_fn(prompts, responses) -> list[float]` or by a
+    reward model (`reward_model`, a HF sequence-classification dir / hub id). `model` (or config.model) is the
+    initial policy. With `out_dir`, the policy is saved there as a HF directory; with `checkpoint_dir`,
+    checkpoints go there every config.checkpoint_every iterations and `resume=True` continues from the last."""
+    config = config or PPOConfig()
+    policy = _spec(model) or config.model
+    scorer = _spec(reward_model) or config.reward_model
+    if policy is None:
+        raise ConfigError("ppo.model: no initial policy given")
+    if (scorer is None) == (reward_fn is None):
+        raise ConfigError("ppo: give exactly one of a reward_fn and a reward model")
+    tokenizer = tokenizer or load_tokenizer(policy.name_or_path, field="ppo.model")
+    models = build_models(config, tokenizer, policy, scorer)
+    max_positions = models.actor.module.lm.config.max_position_embeddings
+    encoded = encode_prompts(tokenizer, prompts, config.rollout.max_new_tokens, max_positions)
+    eval_encoded = encode_prompts(tokenizer, eval_prompts, config.rollout.max_new_tokens, max_positions,
+                                  "eval_prompts") if eval_prompts else []
+    trainer = PPOTrainer(config, models, tokenizer, encoded, list(prompts), reward_fn, ptx_examples)
+    if resume and checkpoint_dir and Path(checkpoint_dir, "actor", "latest").exists():
+        trainer.load_checkpoint(checkpoint_dir)
+        log.info("ppo resumed at iteration %d from %s", trainer.iteration, checkpoint_dir)
+    result = fit(trainer, eval_encoded, list(eval_prompts or []), gold_fn, on_log, checkpoint_dir)
+    if out_dir is not None:
+        files = {"metrics.json": json.dumps(result.metrics, indent=1),
+                 "eval_samples.jsonl": "".join(json.dumps(r) + "\n" for r in result.eval_rows)}
+        ds.save_hf(models.actor, tokenizer, out_dir, files, select=merged_policy)
+    return result
+
+
+def run(config: PPOConfig, data_dir: str | Path, out_dir: str | Path, policy_dir: str | Path | None,
+        reward_dir: str | Path | None, max_length: int, gold_fn: RewardFn | None = None,
+        checkpoint_dir: str | Path | None = None, resume: bool = False, on_log: LogFn | None = None) -> PPOResult:
+    """The pipeline stage: prompts of the preference_train split, held-out eval_prompts, the SFT policy and the
+    reward model unless the config names others; writes the policy to `out_dir`."""
+    policy = config.model or (ModelSpec(name_or_path=str(policy_dir)) if policy_dir else None)
+    scorer = config.reward_model or (ModelSpec(name_or_path=str(reward_dir)) if reward_dir else None)
+    prompts = list(dict.fromkeys(r["prompt"] for r in read_split(data_dir, "preference_train")))
+    eval_prompts = [r["prompt"] for r in read_split(data_dir, "eval_prompts")]
+    if policy is None:
+        raise ConfigError("ppo.model: not set and no SFT model was given")
+    tokenizer = load_tokenizer(policy.name_or_path, field="ppo.model")
+    ptx = None
+    if config.ptx_coef:
+        ptx = [encode(tokenizer, r["prompt"], r["completion"], max_length) for r in read_split(data_dir, "sft_train")]
+    return train(prompts, config=config, model=policy, reward_model=scorer, tokenizer=tokenizer,
+                 eval_prompts=eval_prompts, gold_fn=gold_fn, out_dir=out_dir, checkpoint_dir=checkpoint_dir,
+                 resume=resume, on_log=on_log, ptx_examples=ptx)
+
+
+def _spec(model: str | ModelSpec | None) -> ModelSpec | None:
+    return ModelSpec(name_or_path=str(model)) if isinstance(model, (str, Path)) else model

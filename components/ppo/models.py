@@ -1,0 +1,119 @@
+"""The PPO models: the actor (a causal LM, optionally with a value head on its trunk, optionally LoRA),
+a separate critic, the frozen reference, and the scorer. Each forward returns only the response positions."""
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import torch
+from torch import nn
+
+from components.models.config import ModelSpec
+from components.models.loading import causal_lm, disable_dropout, reward_model, token_value_model
+from components.ppo.config import LoRAConfig
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as HF `generate` computes them. (B, T) -> (B, T)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _inner(lm: nn.Module) -> nn.Module:
+    """The transformers model under a peft wrapper (adapters stay injected in its layers)."""
+    return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+
+
+class Actor(nn.Module):
+    """A causal LM and, in the value-head layout, a linear value head on its final hidden states (one trunk
+    forward gives both). `lm` is what `generate` runs and what is saved as the policy."""
+
+    def __init__(self, lm: nn.Module, value_head: bool):
+        super().__init__()
+        self.lm = lm
+        hidden = lm.config.hidden_size if hasattr(lm.config, "hidden_size") else lm.config.n_embd
+        self.v_head = nn.Linear(hidden, 1) if value_head else None
+        if self.v_head is not None:
+            nn.init.normal_(self.v_head.weight, std=1.0 / (hidden + 1) ** 0.5)
+            nn.init.zeros_(self.v_head.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int,
+                temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, R, V) predicting the last R tokens and values (B, R) of the states they are sampled in
+        (None without a value head). input_ids and attention_mask are (B, P + R)."""
+        inner = _inner(self.lm)
+        hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                  position_ids=position_ids(attention_mask)).last_hidden_state  # (B, T, H)
+        hidden = hidden[:, -n_response - 1:-1]  # (B, R, H): the state before each response token
+        logits = inner.get_output_embeddings()(hidden) / (temperature or 1.0)  # (B, R, V)
+        values = self.v_head(hidden).squeeze(-1) if self.v_head is not None else None  # (B, R)
+        return logits, values
+
+    def values_of_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Values of final hidden states (..., H) -> (...)."""
+        return self.v_head(hidden).squeeze(-1)
+
+
+def response_values(critic: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    n_response: int) -> torch.Tensor:
+    """A separate critic's values (B, R) of the states before each of the last R tokens."""
+    out = critic(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask))
+    return out.logits[:, -n_response - 1:-1, 0].float()
+
+
+def response_logprobs(lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int,
+                      temperature: float = 1.0) -> torch.Tensor:
+    """log p(token) (B, R) of the last R tokens under a causal LM (the reference)."""
+    logits = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                logits_to_keep=n_response + 1).logits[:, :-1]  # (B, R, V)
+    logp = torch.log_softmax(logits.float() / (temperature or 1.0), dim=-1)
+    return torch.gather(logp, 2, input_ids[:, -n_response:].unsqueeze(-1)).squeeze(-1)
+
+
+def sequence_scores(scorer: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    pad_id: int) -> torch.Tensor:
+    """A sequence-classification reward model's scalar (B,) per sequence. Padding on both sides is made
+    right-only first: HF's head reads the last non-pad token, and the model was trained right-padded."""
+    order = torch.argsort(1 - attention_mask.long(), dim=1, stable=True)  # real tokens first, in order
+    ids = torch.where(attention_mask.bool(), input_ids, pad_id).gather(1, order)
+    mask = attention_mask.gather(1, order)
+    return scorer(input_ids=ids, attention_mask=mask).logits[:, 0].float()
+
+
+def build_actor(spec: ModelSpec, tokenizer, value_head: bool, lora: LoRAConfig | None, seed: int) -> Actor:
+    lm = disable_dropout(causal_lm(spec, tokenizer, field="ppo.model"))
+    if lora is not None:
+        from peft import LoraConfig, get_peft_model
+        lm = get_peft_model(lm, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                           target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+    torch.manual_seed(seed)
+    return Actor(lm, value_head)
+
+
+def build_reference(spec: ModelSpec, tokenizer, lora: LoRAConfig | None) -> nn.Module | None:
+    """The frozen reference: a second copy of the initial policy, or None with LoRA (the actor's base with
+    adapters disabled plays the reference, so no second copy is held)."""
+    if lora is not None:
+        return None
+    return disable_dropout(causal_lm(spec, tokenizer, field="ppo.model")).requires_grad_(False).eval()
+
+
+def build_critic(spec: ModelSpec, tokenizer) -> nn.Module:
+    return disable_dropout(token_value_model(spec, tokenizer, field="ppo.critic_model"))
+
+
+def build_scorer(spec: ModelSpec, tokenizer) -> nn.Module:
+    return disable_dropout(reward_model(spec, tokenizer, field="ppo.reward_model")).requires_grad_(False).eval()
+
+
+@contextlib.contextmanager
+def adapters_disabled(actor: Actor):
+    """With LoRA, the actor's LM without its adapters (= the reference); a no-op otherwise."""
+    with actor.lm.disable_adapter() if hasattr(actor.lm, "disable_adapter") else contextlib.nullcontext():
+        yield actor.lm
+
+
+def merged_policy(actor: Actor) -> nn.Module:
+    """The policy as a plain transformers model (LoRA adapters merged into a copy), for save_pretrained."""
+    if hasattr(actor.lm, "merge_and_unload"):
+        return copy.deepcopy(actor.lm).merge_and_unload()
+    return actor.lm

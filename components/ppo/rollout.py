@@ -1,0 +1,131 @@
+"""PPO's first two phases: `rollout` samples responses with HF `generate` and keeps the policy's log-probs and
+values from that same pass; `score` adds the reference log-probs and the sequence scores."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import torch
+
+from components.ppo.config import RolloutConfig
+from components.ppo.models import Actor, response_logprobs, response_values, sequence_scores
+
+RewardFn = Callable[[list[str], list[str]], list[float]]
+
+
+@dataclass
+class Rollout:
+    """One batch of experience. Prompts are left-padded to P, responses right-padded to R."""
+
+    input_ids: torch.Tensor  # (B, P + R) prompt then response tokens
+    attention_mask: torch.Tensor  # (B, P + R) 1 on real prompt tokens and on response tokens up to the first EOS
+    logprobs: torch.Tensor  # (B, R) log pi_old(token)
+    values: torch.Tensor  # (B, R) V_old of the state before each token (0 until a critic fills it)
+    has_eos: torch.Tensor  # (B,) bool: the response ended with EOS
+    ref_logprobs: torch.Tensor | None = None  # (B, R)
+    scores: torch.Tensor | None = None  # (B,) raw sequence scores
+    keep: torch.Tensor | None = None  # (B,) bool: the score was finite
+
+    @property
+    def n_response(self) -> int:
+        return self.logprobs.size(1)
+
+    @property
+    def response_mask(self) -> torch.Tensor:
+        return self.attention_mask[:, -self.n_response:].float()  # (B, R)
+
+    def select(self, index: torch.Tensor) -> "Rollout":
+        """The rows in `index`, with columns that are padding in every selected row cut off (prompt side on
+        the left, response side on the right), which changes no result but saves compute."""
+        rows = {f.name: getattr(self, f.name)[index] for f in fields(self) if getattr(self, f.name) is not None}
+        mask = rows["attention_mask"]
+        used = mask.any(0).nonzero()
+        first, last = int(used[0]), int(used[-1])
+        n_prompt = mask.size(1) - self.n_response
+        first, keep_r = min(first, n_prompt - 1), max(last - n_prompt + 1, 1)
+        rows["input_ids"] = rows["input_ids"][:, first:n_prompt + keep_r]
+        rows["attention_mask"] = mask[:, first:n_prompt + keep_r]
+        for name in ("logprobs", "values", "ref_logprobs"):
+            if name in rows:
+                rows[name] = rows[name][:, :keep_r]
+        return Rollout(**rows)
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> (input_ids, attention_mask), both (B, width), padded on the left."""
+    width = width or max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p, dtype=torch.long), 1
+    return ids, mask
+
+
+def _response_mask(tokens: torch.Tensor, eos_id: int, stop_at_eos: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask (B, R) long: 1 up to and including the first EOS; has_eos (B,) bool)."""
+    is_eos = tokens == eos_id
+    if not stop_at_eos:
+        return torch.ones_like(tokens), is_eos.any(1)
+    after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0  # strictly after the first EOS
+    return (~after_eos).long(), is_eos.any(1)
+
+
+@torch.no_grad()
+def rollout(actor: Actor, lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, config: RolloutConfig,
+            tokenizer) -> Rollout:
+    """Sample one response per prompt with `lm.generate` (KV cache), keeping the raw logits of every step
+    (so the old log-probs need no second forward) and, with a value head, the trunk's final hidden state of
+    every step (so the old values need none either). `lm` is the actor's LM ready for generation."""
+    trunk_out: list[torch.Tensor] = []
+    hook = None
+    if actor.v_head is not None:
+        trunk = lm.get_base_model().base_model if hasattr(lm, "get_base_model") else lm.base_model
+        hook = trunk.register_forward_hook(lambda m, a, out: trunk_out.append(out.last_hidden_state[:, -1]))
+    sample = config.temperature > 0
+    try:
+        out = lm.generate(input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=config.max_new_tokens,
+                          do_sample=sample, temperature=config.temperature if sample else None,
+                          top_k=config.top_k if sample else None, top_p=config.top_p if sample else None,
+                          eos_token_id=tokenizer.eos_token_id if config.stop_at_eos else None,
+                          pad_token_id=tokenizer.pad_token_id, output_logits=True, return_dict_in_generate=True,
+                          use_cache=True)
+    finally:
+        if hook is not None:
+            hook.remove()
+    tokens = out.sequences[:, prompt_ids.size(1):]  # (B, R')
+    mask, has_eos = _response_mask(tokens, tokenizer.eos_token_id, config.stop_at_eos)
+    logits = torch.stack(out.logits, 1).float() / (config.temperature or 1.0)  # (B, R', V)
+    logprobs = torch.gather(torch.log_softmax(logits, -1), 2, tokens.unsqueeze(-1)).squeeze(-1)  # (B, R')
+    values = (actor.values_of_hidden(torch.stack(trunk_out, 1)) if trunk_out  # (B, R')
+              else torch.zeros_like(logprobs))
+    # Pad every batch to max_new_tokens so batches from all ranks and iterations stack.
+    pad = config.max_new_tokens - tokens.size(1)
+    tokens = torch.nn.functional.pad(tokens, (0, pad), value=tokenizer.pad_token_id)
+    return Rollout(input_ids=torch.cat([prompt_ids, tokens], 1),
+                   attention_mask=torch.cat([prompt_mask, torch.nn.functional.pad(mask, (0, pad))], 1),
+                   logprobs=torch.nn.functional.pad(logprobs, (0, pad)) * torch.nn.functional.pad(mask, (0, pad)),
+                   values=torch.nn.functional.pad(values.float(), (0, pad)), has_eos=has_eos)
+
+
+def decode_responses(batch: Rollout, tokenizer) -> list[str]:
+    """Response texts, up to (not including) EOS."""
+    mask = batch.response_mask.bool()
+    tokens = batch.input_ids[:, -batch.n_response:]
+    return tokenizer.batch_decode([t[m].tolist() for t, m in zip(tokens, mask)], skip_special_tokens=True)
+
+
+@torch.no_grad()
+def score(batch: Rollout, ref_lm, critic, scorer, reward_fn: RewardFn | None, prompts: list[str], tokenizer,
+          temperature: float) -> tuple[Rollout, list[str]]:
+    """Fill ref_logprobs, the separate critic's values (if any) and the raw scores (reward model, else
+    `reward_fn(prompts, responses)`; scores are validated by the caller). Returns (batch, response texts)."""
+    ids, mask, r = batch.input_ids, batch.attention_mask, batch.n_response
+    batch.ref_logprobs = response_logprobs(ref_lm, ids, mask, r, temperature) * batch.response_mask
+    if critic is not None:
+        batch.values = response_values(critic, ids, mask, r)
+    responses = decode_responses(batch, tokenizer)
+    if scorer is not None:
+        batch.scores = sequence_scores(scorer, ids, mask, tokenizer.pad_token_id)
+    else:
+        batch.scores = reward_fn(prompts, responses)  # checked and converted by rewards.check_scores
+    return batch, responses

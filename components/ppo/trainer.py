@@ -1,0 +1,294 @@
+"""PPO as named phases: rollout -> score -> compute_advantages -> update, one `step()` per iteration.
+
+Every rank samples and scores its share of the prompts; the scored batch is then all-gathered, so advantages,
+whitening and minibatches are computed on the whole batch identically everywhere, and each minibatch loss is
+normalised by the whole minibatch's token count: 1 rank and N ranks take the same optimizer steps.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from components.compute import engine as ds
+from components.compute.engine import world
+from components.ppo import kl as klc
+from components.ppo.config import PPOConfig
+from components.ppo.losses import (KL_ESTIMATORS, compute_gae, logprobs_and_entropy, masked_mean, masked_sum,
+                                   masked_whiten, policy_loss, value_loss)
+from components.ppo.models import Actor, adapters_disabled, response_values
+from components.ppo.rewards import RunningMoments, check_scores, shape_scores, token_rewards
+from components.ppo.rollout import RewardFn, Rollout, left_pad, rollout, score
+from components.sft.data import collate, token_nll
+
+log = logging.getLogger(__name__)
+
+
+def seed_for(*keys: int) -> int:
+    """A seed derived from (seed, iteration, rank, ...), so sampling never depends on what ran before."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
+
+
+@dataclass
+class Models:
+    """What the trainer drives: DeepSpeed engines for the actor (and critic), frozen reference and scorer."""
+
+    actor: object  # DeepSpeed engine over an Actor
+    critic: object | None  # DeepSpeed engine over a token-value model, or None (value head)
+    reference: object | None  # frozen LM; None with LoRA (the actor with adapters disabled)
+    scorer: object | None  # frozen reward model; None when a reward_fn scores
+
+
+@dataclass
+class State:
+    """Everything besides engine states that a resume needs (plain data)."""
+
+    iteration: int = 0
+    kl: dict = field(default_factory=dict)
+    moments: dict | None = None
+
+
+class PPOTrainer:
+    def __init__(self, config: PPOConfig, models: Models, tokenizer, prompts: list[list[int]],
+                 prompt_texts: list[str], reward_fn: RewardFn | None = None,
+                 ptx_examples: list[tuple[list[int], list[int]]] | None = None):
+        self.config, self.models, self.tokenizer = config, models, tokenizer
+        self.prompts, self.prompt_texts, self.reward_fn = prompts, prompt_texts, reward_fn
+        self.ptx_examples = ptx_examples or []
+        self.prompt_width = max(len(p) for p in prompts)
+        kl = config.kl
+        self.kl_ctl = (klc.AdaptiveKLController(kl.coef, kl.target, kl.horizon) if kl.adaptive
+                       else klc.FixedKLController(kl.coef))
+        self.moments = RunningMoments() if config.reward_normalize else None
+        self.iteration = 0
+        self.timings: dict[str, float] = {}
+
+    @property
+    def actor(self) -> Actor:
+        return self.models.actor.module
+
+    # -- phase 0: which prompts -------------------------------------------------------------------------------
+    def prompt_indices(self, iteration: int) -> list[int]:
+        """This rank's prompts for `iteration`: a seeded shuffle per epoch over the prompt set, batch_size per
+        iteration over all ranks (rank r takes every world-th). Stateless, so a resume needs only the iteration."""
+        n, b = len(self.prompts), self.config.batch_size
+        out, orders = [], {}
+        for k in range(iteration * b, (iteration + 1) * b):
+            epoch, pos = divmod(k, n)
+            if epoch not in orders:
+                orders[epoch] = np.random.default_rng(seed_for(self.config.seed, epoch, 7)).permutation(n)
+            out.append(int(orders[epoch][pos]))
+        rank, world_size = world()
+        return out[rank::world_size]
+
+    # -- phase 1 + 2: rollout and score ---------------------------------------------------------------------
+    def rollout_and_score(self, prompts: list[list[int]], texts: list[str], salt: int = 0) -> tuple[Rollout, list[str]]:
+        """Sample, then score, this rank's prompts. Sampling is seeded by (seed, iteration, rank, salt)."""
+        ids, mask = left_pad(prompts, self.tokenizer.pad_token_id, max(self.prompt_width, max(map(len, prompts))))
+        torch.manual_seed(seed_for(self.config.seed, self.iteration, world()[0], salt))
+        t0 = time.perf_counter()
+        with ds.for_generation(self.models.actor) as actor:
+            batch = rollout(actor, actor.lm, ids, mask, self.config.rollout, self.tokenizer)
+        t1 = time.perf_counter()
+        with adapters_disabled(self.actor) as base:
+            ref = self.models.reference if self.models.reference is not None else base
+            batch, responses = score(batch, ref, self.models.critic, self.models.scorer, self.reward_fn, texts,
+                                     self.tokenizer, self.config.rollout.temperature)
+        batch.scores, batch.keep = check_scores(batch.scores, len(prompts), self.config.nonfinite_rewards)
+        self.timings.update(generate=t1 - t0, score=time.perf_counter() - t1)
+        return batch, responses
+
+    # -- phase 3: advantages ----------------------------------------------------------------------------------
+    def compute_advantages(self, batch: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """(mask, advantages, returns) all (B, R), and rollout stats. Samples with non-finite scores get mask 0."""
+        c = self.config
+        mask = batch.response_mask * batch.keep.unsqueeze(1)  # (B, R)
+        shaped = shape_scores(batch.scores, batch.keep, batch.has_eos, c.missing_eos_penalty, self.moments,
+                              c.reward_clip)
+        rewards, kl = token_rewards(shaped, batch.logprobs, batch.ref_logprobs, mask, self.kl_ctl.value,
+                                    c.kl.estimator, c.kl.in_reward)
+        advantages, returns = compute_gae(rewards, batch.values, mask, c.gamma, c.lam)
+        if c.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        kept = batch.keep.float()
+        seq_kl = ((batch.logprobs - batch.ref_logprobs) * mask).sum(1)  # (B,) k1 per sequence
+        stats = {"reward/score_mean": masked_mean(batch.scores, kept).item(),
+                 "reward/score_std": batch.scores[batch.keep].std().item() if kept.sum() > 1 else 0.0,
+                 "reward/shaped_mean": masked_mean(shaped, kept).item(),
+                 "reward/nonfinite_skipped": float((~batch.keep).sum()),
+                 "kl/ref": masked_mean(seq_kl, kept).item(), "kl/coef": self.kl_ctl.value,
+                 "response/length": batch.response_mask.sum(1).mean().item(),
+                 "response/eos_frac": batch.has_eos.float().mean().item(),
+                 "value/mean": masked_mean(batch.values, mask).item()}
+        self.kl_ctl.update(stats["kl/ref"], len(kept))
+        return mask, advantages, returns, stats
+
+    # -- phase 4: update ----------------------------------------------------------------------------------------
+    def update(self, batch: Rollout, mask: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor) -> dict:
+        """ppo_epochs passes of num_minibatches optimizer steps over the (whole, gathered) batch."""
+        c, (rank, world_size) = self.config, world()
+        per_rank = c.minibatch_size // world_size
+        micro = min(c.compute.micro_batch_size, per_rank)
+        sums: dict[str, float] = {}
+        for epoch in range(c.ppo_epochs):
+            g = torch.Generator().manual_seed(seed_for(c.seed, self.iteration, epoch, 11))
+            order = torch.randperm(len(mask), generator=g)
+            for k in range(c.num_minibatches):
+                minibatch = order[k * c.minibatch_size:(k + 1) * c.minibatch_size]
+                n_tokens = mask[minibatch].sum().clamp(min=1)
+                mine = minibatch[rank::world_size]
+                for j in range(0, per_rank, micro):
+                    idx = mine[j:j + micro]
+                    stats = self._micro_step(batch.select(idx), mask[idx], advantages[idx], returns[idx],
+                                             world_size * (per_rank // micro) / n_tokens)
+                    for name, v in stats.items():
+                        sums[name] = sums.get(name, 0.0) + v
+        n_tokens = mask.sum().clamp(min=1).item() * c.ppo_epochs
+        return _all_sum({name: v / n_tokens for name, v in sums.items()})
+
+    def _micro_step(self, mb: Rollout, mask, advantages, returns, scale: torch.Tensor) -> dict[str, float]:
+        """One micro batch: policy (+ value, KL, entropy, ptx) loss, backward, step. Token sums are scaled by
+        `scale` = ranks x accumulation / tokens in the minibatch, as DeepSpeed averages over both."""
+        c, r = self.config, mb.n_response
+        mask, advantages, returns = mask[:, :r], advantages[:, :r], returns[:, :r]
+        logits, values = self.models.actor(mb.input_ids, mb.attention_mask, r, c.rollout.temperature)
+        logprobs, entropy = logprobs_and_entropy(logits, mb.input_ids[:, -r:])
+        loss, stats = policy_loss(logprobs, mb.logprobs, advantages, mask, c.clip_eps)
+        stats = {"policy/loss": loss.detach(), "policy/entropy": masked_sum(entropy.detach(), mask), **stats}
+        if c.entropy_coef:
+            loss = loss - c.entropy_coef * masked_sum(entropy, mask)
+        if not c.kl.in_reward:
+            loss = loss + self.kl_ctl.value * masked_sum(KL_ESTIMATORS[c.kl.estimator](logprobs - mb.ref_logprobs), mask)
+        if values is None:  # separate critic: its own engine and step
+            values = response_values(self.models.critic, mb.input_ids, mb.attention_mask, r)
+        vf_loss, vf_stats = value_loss(values, mb.values, returns, mask, c.vf_clip)
+        stats.update({"value/loss": vf_loss.detach(), **vf_stats})
+        if self.models.critic is None:
+            loss = loss + c.vf_coef * vf_loss
+        loss = loss * scale
+        if c.ptx_coef and self.ptx_examples:
+            loss = loss + c.ptx_coef * self._ptx_loss(len(mask))
+        self.models.actor.backward(loss)
+        self.models.actor.step()
+        if self.models.critic is not None:
+            self.models.critic.backward(vf_loss * scale)
+            self.models.critic.step()
+        return {k: float(v) for k, v in stats.items()}
+
+    def _ptx_loss(self, n: int) -> torch.Tensor:
+        """Mean next-token NLL of n SFT examples drawn with a seeded generator (InstructGPT's pretraining mix)."""
+        g = np.random.default_rng(seed_for(self.config.seed, self.iteration, world()[0], 13))
+        batch = collate([self.ptx_examples[i] for i in g.integers(len(self.ptx_examples), size=n)],
+                        self.tokenizer.pad_token_id)
+        lm = self.actor.lm
+        logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        nll, count = token_nll(logits, batch["labels"])
+        return nll / count.clamp(min=1)
+
+    # -- one iteration ------------------------------------------------------------------------------------------
+    def step(self) -> dict[str, float]:
+        """rollout -> score -> (all-gather) -> compute_advantages -> update. Returns this iteration's metrics."""
+        t0 = time.perf_counter()
+        indices = self.prompt_indices(self.iteration)
+        batch, _ = self.rollout_and_score([self.prompts[i] for i in indices], [self.prompt_texts[i] for i in indices])
+        batch = _all_gather(batch)
+        mask, advantages, returns, stats = self.compute_advantages(batch)
+        t1 = time.perf_counter()
+        self.models.actor.train()
+        stats.update(self.update(batch, mask, advantages, returns))
+        self.timings["update"] = time.perf_counter() - t1
+        seconds = time.perf_counter() - t0
+        stats.update({f"time/{k}": v for k, v in self.timings.items()}, **{
+            "time/iteration": seconds, "perf/samples_per_s": len(mask) / seconds,
+            "perf/gen_tokens_per_s": batch.response_mask.sum().item() / max(self.timings["generate"], 1e-9)})
+        self.iteration += 1
+        return stats
+
+    # -- held-out evaluation -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, prompts: list[list[int]], texts: list[str], gold_fn: RewardFn | None = None,
+                 n_samples: int = 1) -> tuple[dict[str, float], list[dict]]:
+        """Sample `n_samples` responses per held-out prompt (sharded over ranks); return mean score, gold score
+        (when a gold scorer is given), KL to the reference and length, plus per-sample rows (all ranks')."""
+        rank, world_size = world()
+        mine = [i for i in range(len(prompts)) if i % world_size == rank] * n_samples
+        rows = []
+        self.models.actor.eval()
+        for start in range(0, len(mine), self.config.batch_size):
+            chunk = mine[start:start + self.config.batch_size]
+            batch, responses = self.rollout_and_score([prompts[i] for i in chunk], [texts[i] for i in chunk],
+                                                      salt=1000 + start)
+            kl = ((batch.logprobs - batch.ref_logprobs) * batch.response_mask).sum(1)
+            gold = gold_fn([texts[i] for i in chunk], responses) if gold_fn else [None] * len(chunk)
+            rows += [{"prompt_index": i, "prompt": texts[i], "response": resp, "score": float(s), "gold": g,
+                      "kl": float(k), "length": int(n)}
+                     for i, resp, s, g, k, n in zip(chunk, responses, batch.scores, gold, kl,
+                                                    batch.response_mask.sum(1))]
+        rows = _gather_rows(rows)
+        metrics = {f"{k}_mean": float(np.mean([r[k] for r in rows])) for k in ("score", "kl", "length")}
+        if gold_fn is not None:
+            metrics["gold_mean"] = float(np.mean([r["gold"] for r in rows]))
+        return metrics, rows
+
+    # -- state ----------------------------------------------------------------------------------------------------
+    def state(self) -> State:
+        return State(self.iteration, self.kl_ctl.state_dict(), self.moments.state_dict() if self.moments else None)
+
+    def load_state(self, state: dict) -> None:
+        self.iteration = state["iteration"]
+        self.kl_ctl = klc.from_state(state["kl"])
+        if state.get("moments") is not None:
+            self.moments = RunningMoments(**state["moments"])
+
+    def save_checkpoint(self, ckpt_dir) -> None:
+        """Engine states (weights, optimizer, scheduler) and the trainer State, tagged by iteration."""
+        tag = f"iter{self.iteration:06d}"
+        client = {"ppo": self.state().__dict__}
+        ds.save_checkpoint(self.models.actor, f"{ckpt_dir}/actor", tag, client)
+        if self.models.critic is not None:
+            ds.save_checkpoint(self.models.critic, f"{ckpt_dir}/critic", tag)
+
+    def load_checkpoint(self, ckpt_dir) -> None:
+        """Restore the latest checkpoint in `ckpt_dir`; training continues with the next iteration."""
+        client = ds.load_checkpoint(self.models.actor, f"{ckpt_dir}/actor")
+        if self.models.critic is not None:
+            ds.load_checkpoint(self.models.critic, f"{ckpt_dir}/critic")
+        self.load_state(client["ppo"])
+
+
+def _all_gather(batch: Rollout) -> Rollout:
+    """Every rank's rows in the global order of `prompt_indices` (rank r's row j is global row j*world + r).
+    Tensors have the same shapes on every rank."""
+    world_size = world()[1]
+    if world_size == 1:
+        return batch
+    out = {}
+    n_local = len(batch.input_ids)
+    order = torch.arange(n_local * world_size).view(world_size, n_local).t().reshape(-1)
+    for f in fields(batch):
+        t = getattr(batch, f.name)
+        parts = [torch.empty_like(t) for _ in range(world_size)]
+        dist.all_gather(parts, t.contiguous())
+        out[f.name] = torch.cat(parts)[order]
+    return Rollout(**out)
+
+
+def _gather_rows(rows: list[dict]) -> list[dict]:
+    if world()[1] == 1:
+        return rows
+    parts = [None] * world()[1]
+    dist.all_gather_object(parts, rows)
+    return sorted((r for part in parts for r in part), key=lambda r: r["prompt_index"])
+
+
+def _all_sum(stats: dict[str, float]) -> dict[str, float]:
+    """Sum per-rank statistics over ranks."""
+    if world()[1] == 1 or not stats:
+        return stats
+    t = torch.tensor(list(stats.values()), dtype=torch.float64)
+    dist.all_reduce(t)
+    return dict(zip(stats, t.tolist()))

@@ -1,6 +1,6 @@
 """`rlhf`: validate a config, run the stages, or run one stage.
 
-Until the pipeline flow lands, `rlhf run` runs data prep -> SFT -> reward model in sequence in this process,
+Until the pipeline flow lands, `rlhf run` runs data prep -> SFT -> reward model -> PPO in sequence in this process,
 writing each stage to `<output_dir>/<stage>/`.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from components.config.loading import load_config
 from components.config.pipeline import PipelineConfig
 from components.errors import RLHFError
 
-STAGES = ("data", "sft", "reward")
+STAGES = ("data", "sft", "reward", "ppo")
 log = logging.getLogger("rlhf")
 
 
@@ -27,7 +27,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlhf", description="RLHF pipeline: data prep, SFT, reward model.")
+    parser = argparse.ArgumentParser(prog="rlhf", description="RLHF pipeline: data prep, SFT, reward model, PPO.")
     sub = parser.add_subparsers(dest="command", required=True)
     _config_args(sub.add_parser("validate", help="validate a config and print it resolved"))
     _config_args(sub.add_parser("run", help="run every stage in order"))
@@ -70,10 +70,16 @@ def run_stage(name: str, config: PipelineConfig) -> dict:
     elif name == "sft":
         from components.sft.train import run
         result = run(config.sft, data, stage_dir(config, "sft"), config.data.max_length)
-    else:
+    elif name == "reward":
         from components.reward.train import run
         result = run(config.reward, data, stage_dir(config, "reward"), config.data.max_length,
                      base_model=stage_dir(config, "sft"))
+    else:
+        from components.data.gold import gold_scores
+        from components.ppo import run
+        gold = gold_scores if config.data.source == "demo" else None
+        result = run(config.ppo, data, stage_dir(config, "ppo"), stage_dir(config, "sft"), stage_dir(config, "reward"),
+                     config.data.max_length, gold_fn=gold).metrics
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
 
@@ -84,6 +90,10 @@ def _summary(config: PipelineConfig, results: dict[str, dict]) -> None:
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()
                  if k.startswith(("eval/", "rows/")) or k in ("fingerprint", "seconds")}
         print(f"  {name:7s} {stage_dir(config, name)}  {shown}")
+        if name == "ppo" and "eval/gold_mean" in metrics:
+            print(f"          gold score on held-out prompts: SFT {metrics['eval_before/gold_mean']:.3f} -> PPO "
+                  f"{metrics['eval/gold_mean']:.3f}; PPO wins {metrics['eval/gold_win_rate_vs_initial']:.0%} of "
+                  f"prompts; KL to SFT {metrics['eval/kl_mean']:.2f} nats")
 
 
 def _quiet_logging() -> None:

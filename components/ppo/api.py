@@ -13,6 +13,7 @@ from components.compute.engine import is_rank0, world
 from components.compute.loop import LogFn
 from components.data.prepare import read_split
 from components.errors import ConfigError, DataError
+from components.evaluation.metrics import per_prompt_means, win_rate
 from components.models.config import ModelSpec
 from components.models.loading import load_tokenizer
 from components.ppo.config import PPOConfig
@@ -29,6 +30,7 @@ class PPOResult:
     metrics: dict[str, float]  # the last iteration's training metrics and the final eval/* metrics
     history: list[dict[str, float]] = field(default_factory=list)  # one entry per iteration (and eval)
     eval_rows: list[dict] = field(default_factory=list)  # the final evaluation's samples
+    eval_before_rows: list[dict] = field(default_factory=list)  # the initial policy's samples (fresh runs only)
 
 
 def encode_prompts(tokenizer, texts: list[str], max_new_tokens: int, max_positions: int,
@@ -91,13 +93,18 @@ def fit(trainer: PPOTrainer, eval_prompts: list[list[int]], eval_texts: list[str
                 on_log(step, metrics)
 
     def evaluate() -> None:
-        metrics, result.eval_rows = trainer.evaluate(eval_prompts, eval_texts, gold_fn)
+        metrics, result.eval_rows = trainer.evaluate(eval_prompts, eval_texts, gold_fn, c.eval_samples)
+        if result.eval_before_rows:  # per prompt, by the mean over its samples
+            key = "gold" if gold_fn is not None else "score"
+            metrics[f"{key}_win_rate_vs_initial"] = win_rate(per_prompt_means(result.eval_rows, key),
+                                                             per_prompt_means(result.eval_before_rows, key))
         result.metrics.update({f"eval/{k}": v for k, v in metrics.items()})
         report(trainer.iteration, {f"eval/{k}": v for k, v in metrics.items()})
 
     if trainer.iteration == 0 and eval_prompts:
         evaluate()
         result.metrics = {f"{k.replace('eval/', 'eval_before/')}": v for k, v in result.metrics.items()}
+        result.eval_before_rows = result.eval_rows
     while trainer.iteration < c.iterations:
         stats = trainer.step()
         result.metrics.update(stats)

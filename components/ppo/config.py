@@ -52,7 +52,8 @@ class PPOConfig(StrictModel):
     critic_model: ModelSpec | None = Field(None, description="Separate critic's initial weights; default: the policy's.")
     lora: LoRAConfig | None = Field(None, description="Train LoRA adapters on the policy (null: full fine-tuning).")
     compute: ComputeConfig = Field(default_factory=lambda: ComputeConfig(micro_batch_size=8),
-                                   description="DeepSpeed settings of the actor (and critic).")
+                                   description="DeepSpeed settings of the actor (and critic). A micro_batch_size at "
+                                               "or above the per-process minibatch runs each minibatch in one pass.")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Response sampling.")
     kl: KLConfig = Field(default_factory=KLConfig, description="KL penalty to the reference model.")
     iterations: int = Field(30, ge=1, description="Rollout-then-update iterations.")
@@ -79,6 +80,7 @@ class PPOConfig(StrictModel):
     ptx_coef: float = Field(0.0, ge=0, description="Weight of an auxiliary SFT loss on SFT data (InstructGPT's ptx).")
     checkpoint_every: int = Field(0, ge=0, description="Save a resumable checkpoint every N iterations; 0: never.")
     eval_every: int = Field(10, ge=1, description="Score held-out prompts every N iterations.")
+    eval_samples: int = Field(1, ge=1, description="Responses sampled per held-out prompt at each evaluation.")
     log_every: int = Field(1, ge=1, description="Report training metrics every N iterations.")
     seed: int = Field(0, description="Seed of sampling, shuffles and new heads.")
 
@@ -87,7 +89,7 @@ class PPOConfig(StrictModel):
         if self.batch_size % self.num_minibatches:
             raise ValueError(f"batch_size {self.batch_size} is not divisible by num_minibatches {self.num_minibatches}")
         minibatch = self.batch_size // self.num_minibatches
-        if minibatch % self.compute.micro_batch_size:
+        if minibatch % self.compute.micro_batch_size and self.compute.micro_batch_size < minibatch:
             raise ValueError(f"minibatch {minibatch} (batch_size / num_minibatches) is not divisible by "
                              f"compute.micro_batch_size {self.compute.micro_batch_size}")
         if self.compute.gradient_accumulation_steps != 1:

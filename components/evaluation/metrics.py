@@ -1,0 +1,22 @@
+"""Evaluation metrics on plain lists, exact and testable by hand."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+
+def per_prompt_means(rows: list[dict], key: str) -> dict[int, float]:
+    """Mean of `key` over the samples of each prompt: rows carry `prompt_index` and `key`."""
+    groups: dict[int, list[float]] = defaultdict(list)
+    for row in rows:
+        groups[row["prompt_index"]].append(float(row[key]))
+    return {i: sum(v) / len(v) for i, v in groups.items()}
+
+
+def win_rate(candidate: dict[int, float], baseline: dict[int, float]) -> float:
+    """Fraction of prompts where the candidate's score beats the baseline's; a tie counts one half.
+    Both map prompt index -> score; only prompts present in both count."""
+    shared = sorted(set(candidate) & set(baseline))
+    if not shared:
+        raise ValueError("no prompt is scored for both the candidate and the baseline")
+    wins = sum(1.0 if candidate[i] > baseline[i] else 0.5 if candidate[i] == baseline[i] else 0.0 for i in shared)
+    return wins / len(shared)

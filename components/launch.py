@@ -25,12 +25,14 @@ def jsonl_logger(path: str | Path):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m components.launch", description=__doc__)
-    parser.add_argument("stage", choices=["sft", "reward"])
+    parser.add_argument("stage", choices=["sft", "reward", "ppo"])
     parser.add_argument("--config", help="pipeline YAML")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--data", required=True, help="data prep output directory")
     parser.add_argument("--out", required=True, help="where the trained model directory goes")
-    parser.add_argument("--base", help="reward: backbone directory when reward.model is unset")
+    parser.add_argument("--base", help="reward: backbone directory when reward.model is unset; "
+                                       "ppo: initial policy directory when ppo.model is unset")
+    parser.add_argument("--reward-model", help="ppo: reward model directory when ppo.reward_model is unset")
     parser.add_argument("--metrics", help="JSONL file for per-step metrics (rank 0 only)")
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", 0))
@@ -41,9 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "sft":
         from components.sft.train import run
         metrics = run(config.sft, args.data, args.out, config.data.max_length, on_log=on_log)
-    else:
+    elif args.stage == "reward":
         from components.reward.train import run
         metrics = run(config.reward, args.data, args.out, config.data.max_length, base_model=args.base, on_log=on_log)
+    else:
+        from components.data.gold import gold_scores
+        from components.ppo import run
+        gold = gold_scores if config.data.source == "demo" else None
+        metrics = run(config.ppo, Path(args.data), args.out, args.base, args.reward_model, config.data.max_length,
+                      gold_fn=gold, on_log=on_log).metrics
     log.info("done: %s", json.dumps(metrics))
     return 0
 

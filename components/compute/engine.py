@@ -110,7 +110,8 @@ def inference(model: torch.nn.Module, compute: ComputeConfig):
     config = {"train_micro_batch_size_per_gpu": compute.micro_batch_size, "zero_optimization": {"stage": 3},
               "bf16": {"enabled": compute.precision == "bf16"}, "steps_per_print": 10**9}
     engine, *_ = deepspeed.initialize(model=model, config=config)
-    return engine.eval()
+    engine.eval()  # DeepSpeedEngine.eval() returns None, unlike nn.Module.eval()
+    return engine
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from pathlib import Path
 from components.compute import engine as ds
 from components.compute.engine import is_rank0, world
 from components.compute.loop import LogFn
-from components.data.prepare import read_split
+from components.data.prepare import load_data_tokenizer, read_split
 from components.errors import ConfigError, DataError
 from components.evaluation.metrics import per_prompt_means, win_rate
 from components.models.config import ModelSpec
@@ -67,14 +67,15 @@ def build_models(config: PPOConfig, tokenizer, policy: ModelSpec, reward: ModelS
         return ds.initialize(model, ds.ds_config(compute, lr, config.weight_decay, config.warmup_steps, steps,
                                                  schedule="constant"))
 
-    actor = engine(build_actor(policy, tokenizer, config.critic == "value_head", config.lora, config.seed), config.lr)
+    actor = build_actor(policy, tokenizer, config.critic == "value_head", config.lora, config.seed)
+    reference = build_reference(actor, config.lora)
+    actor = engine(actor, config.lr)
     critic = None
     if config.critic == "separate":
-        critic = engine(build_critic(config.critic_model or policy, tokenizer), config.critic_lr or config.lr)
-    reference = build_reference(policy, tokenizer, config.lora)
+        critic = engine(build_critic(config.critic_model or policy, tokenizer, config.seed), config.critic_lr or config.lr)
     return Models(actor=actor, critic=critic,
                   reference=ds.inference(reference, compute) if reference is not None else None,
-                  scorer=ds.inference(build_scorer(reward, tokenizer), compute) if reward is not None else None)
+                  scorer=ds.inference(build_scorer(reward, tokenizer, config.seed), compute) if reward is not None else None)
 
 
 def fit(trainer: PPOTrainer, eval_prompts: list[list[int]], eval_texts: list[str], gold_fn: RewardFn | None,
@@ -164,7 +165,7 @@ def run(config: PPOConfig, data_dir: str | Path, out_dir: str | Path, policy_dir
     eval_prompts = [r["prompt"] for r in read_split(data_dir, "eval_prompts")]
     if policy is None:
         raise ConfigError("ppo.model: not set and no SFT model was given")
-    tokenizer = load_tokenizer(policy.name_or_path, field="ppo.model")
+    tokenizer = load_data_tokenizer(data_dir)  # the tokenizer every stage of this pipeline trained with
     ptx = None
     if config.ptx_coef:
         ptx = [encode(tokenizer, r["prompt"], r["completion"], max_length) for r in read_split(data_dir, "sft_train")]

@@ -80,28 +80,32 @@ def sequence_scores(scorer: nn.Module, input_ids: torch.Tensor, attention_mask: 
 
 
 def build_actor(spec: ModelSpec, tokenizer, value_head: bool, lora: LoRAConfig | None, seed: int) -> Actor:
+    """The policy LM (random init from `spec.arch` is seeded) with a value head when asked, LoRA when configured."""
+    torch.manual_seed(seed)
     lm = disable_dropout(causal_lm(spec, tokenizer, field="ppo.model"))
     if lora is not None:
         from peft import LoraConfig, get_peft_model
         lm = get_peft_model(lm, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                            target_modules=lora.target_modules, task_type="CAUSAL_LM"))
-    torch.manual_seed(seed)
     return Actor(lm, value_head)
 
 
-def build_reference(spec: ModelSpec, tokenizer, lora: LoRAConfig | None) -> nn.Module | None:
-    """The frozen reference: a second copy of the initial policy, or None with LoRA (the actor's base with
-    adapters disabled plays the reference, so no second copy is held)."""
+def build_reference(actor: Actor, lora: LoRAConfig | None) -> nn.Module | None:
+    """The frozen reference: a copy of the initial policy (taken before any update, so a randomly initialised
+    policy gets an identical reference), or None with LoRA (the actor's base with adapters disabled plays the
+    reference, so no second copy is held)."""
     if lora is not None:
         return None
-    return disable_dropout(causal_lm(spec, tokenizer, field="ppo.model")).requires_grad_(False).eval()
+    return copy.deepcopy(actor.lm).requires_grad_(False).eval()
 
 
-def build_critic(spec: ModelSpec, tokenizer) -> nn.Module:
+def build_critic(spec: ModelSpec, tokenizer, seed: int) -> nn.Module:
+    torch.manual_seed(seed + 1)
     return disable_dropout(token_value_model(spec, tokenizer, field="ppo.critic_model"))
 
 
-def build_scorer(spec: ModelSpec, tokenizer) -> nn.Module:
+def build_scorer(spec: ModelSpec, tokenizer, seed: int) -> nn.Module:
+    torch.manual_seed(seed + 2)
     return disable_dropout(reward_model(spec, tokenizer, field="ppo.reward_model")).requires_grad_(False).eval()
 
 

@@ -21,12 +21,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(nproc: int, extra: list[str], data: Path, out: Path) -> tuple[str, list[dict]]:
+def launch(nproc: int, extra: list[str], data: Path, out: Path, stage: str = "sft") -> tuple[str, list[dict]]:
     metrics = out.with_suffix(".jsonl")
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "-m", "components.launch", "sft",
+           f"--master_port={_free_port()}", "-m", "components.launch", stage,
            "--config", "configs/demo.yaml", "--data", str(data), "--out", str(out), "--metrics", str(metrics)]
-    for item in STEPS + extra:
+    for item in (STEPS if stage == "sft" else []) + extra:
         cmd += ["--set", item]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -63,3 +63,26 @@ def test_two_ranks_complete_log_once_and_match_one_rank(tiny_data, tmp_path):
     evals2 = [m["eval/loss"] for m in logged2 if "eval/loss" in m]
     evals1 = [m["eval/loss"] for m in logged1 if "eval/loss" in m]
     assert evals2 == pytest.approx(evals1, abs=1e-4)
+
+
+# PPO from randomly initialised policy and reward models (no upstream stages needed), greedy decoding so that
+# sampling does not depend on how prompts are split over ranks.
+ARCH = "{arch: {type: gpt2, n_layer: 2, hidden_size: 64, n_head: 4, max_positions: 128, dropout: 0.0}}"
+PPO = [f"ppo.model={ARCH}", f"ppo.reward_model={ARCH}", "ppo.compute.zero_stage=3", "ppo.iterations=2",
+       "ppo.batch_size=8", "ppo.num_minibatches=2", "ppo.ppo_epochs=2", "ppo.compute.micro_batch_size=2",
+       "ppo.rollout.temperature=0", "ppo.rollout.max_new_tokens=8", "ppo.eval_every=2", "ppo.lr=1e-3"]
+
+
+def test_ppo_zero3_two_ranks_match_one_rank(tiny_data, tmp_path):
+    out2, logged2 = launch(2, PPO, tiny_data, tmp_path / "two", stage="ppo")
+    _, logged1 = launch(1, PPO, tiny_data, tmp_path / "one", stage="ppo")
+    assert "[rank 0] ppo iteration 2/2" in out2 and "[rank 1] ppo iteration" not in out2
+    assert (tmp_path / "two" / "model.safetensors").is_file()
+    iters2 = [m for m in logged2 if "policy/loss" in m]
+    iters1 = [m for m in logged1 if "policy/loss" in m]
+    assert [m["step"] for m in iters2] == [1, 2]
+    for a, b in zip(iters1, iters2):
+        for key in ("policy/loss", "value/loss", "reward/score_mean", "kl/ref", "policy/entropy"):
+            assert b[key] == pytest.approx(a[key], abs=1e-4), (a["step"], key)
+    evals = [[m["eval/score_mean"] for m in logged if "eval/score_mean" in m] for logged in (logged1, logged2)]
+    assert len(evals[0]) == 2 and evals[1] == pytest.approx(evals[0], abs=1e-4)

@@ -1,0 +1,123 @@
+"""PPO throughput on a fixed workload (issue 3); the last line printed is one JSON object.
+
+    python benchmarks/ppo_throughput.py [--separate-critic] [--zero-stage N] [--iterations 30]
+
+Workload: policy, reference and reward model are GPT-2 configs (2 layers, hidden 128, 4 heads, 128 positions,
+vocab 1024, fp32, random init, fixed seeds) with a WordLevel tokenizer of 1024 entries ([PAD]=0 [EOS]=1 [BOS]=2
+[UNK]=3, then w4..w1023), left padding; 256 prompts of 8-16 uniformly random tokens; 32 prompts per iteration;
+exactly 32 new tokens each at temperature 1.0; 4 PPO epochs x 4 minibatches of 8; KL coef 0.05; lr 1e-5.
+
+floor_s is the sum of the irreducible pieces, timed in this process on the same models: one batched generate,
+the no-grad forwards a rollout needs (reference and reward model, and the critic when it is separate), and 16
+forward+backward+step passes on minibatches of 8 (actor, and critic when separate). floor_ratio = s_per_iter / floor_s.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import resource
+import statistics
+import time
+
+import torch
+
+
+def word_level_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[EOS]": 1, "[BOS]": 2, "[UNK]": 3, **{f"w{i}": i for i in range(4, 1024)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", eos_token="[EOS]", bos_token="[BOS]",
+                                   unk_token="[UNK]", padding_side="left")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--separate-critic", action="store_true", help="critic with its own backbone")
+    parser.add_argument("--zero-stage", type=int, default=0, choices=(0, 1, 2, 3))
+    parser.add_argument("--iterations", type=int, default=30)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    logging.basicConfig(level=logging.WARNING)
+    from components.models.config import ArchSpec, ModelSpec
+    from components.ppo.api import build_models, encode_prompts
+    from components.ppo.config import PPOConfig
+    from components.ppo.trainer import PPOTrainer
+
+    config = PPOConfig(critic="separate" if args.separate_critic else "value_head", iterations=args.iterations,
+                       batch_size=32, ppo_epochs=4, num_minibatches=4, lr=1e-5, kl={"coef": 0.05},
+                       rollout={"max_new_tokens": 32, "temperature": 1.0, "stop_at_eos": False},
+                       compute={"zero_stage": args.zero_stage, "micro_batch_size": 8}, seed=0)
+    spec = ModelSpec(arch=ArchSpec(type="gpt2", n_layer=2, hidden_size=128, n_head=4, max_positions=128, dropout=0.0))
+    tokenizer = word_level_tokenizer()
+    rng = random.Random(0)
+    texts = [" ".join(f"w{rng.randrange(4, 1024)}" for _ in range(rng.randint(8, 16))) for _ in range(256)]
+    models = build_models(config, tokenizer, spec, spec)
+    trainer = PPOTrainer(config, models, tokenizer, encode_prompts(tokenizer, texts, 32, 128), texts)
+
+    per_iter, breakdown = [], []
+    for _ in range(args.iterations):
+        stats = trainer.step()
+        per_iter.append(stats["time/iteration"])
+        breakdown.append({k: stats[f"time/{k}"] for k in ("generate", "score", "update")})
+    floor = measure_floor(trainer)
+    s_per_iter = statistics.median(per_iter[1:])
+    print(json.dumps({
+        "workload": "ppo gpt2-2x128 vocab1024 batch32 new32 4x4 minibatch8",
+        "critic": config.critic, "zero_stage": args.zero_stage, "threads": torch.get_num_threads(),
+        "iterations": args.iterations,
+        "s_per_iter": round(s_per_iter, 4),
+        "samples_per_s": round(config.batch_size / s_per_iter, 2),
+        "gen_tokens_per_s": round(config.batch_size * 32 / statistics.median(b["generate"] for b in breakdown[1:]), 1),
+        "breakdown": {k: round(statistics.median(b[k] for b in breakdown[1:]), 4) for k in breakdown[0]},
+        "floor_s": round(floor["total"], 4), "floor_breakdown": {k: round(v, 4) for k, v in floor.items()},
+        "floor_ratio": round(s_per_iter / floor["total"], 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }))
+
+
+def measure_floor(trainer, repeats: int = 5) -> dict[str, float]:
+    """Median over `repeats` of each irreducible piece, on the trainer's own models and a real rollout batch."""
+    from components.ppo.models import position_ids, response_logprobs, response_values, sequence_scores
+    from components.ppo.rollout import left_pad
+
+    models, tok, c = trainer.models, trainer.tokenizer, trainer.config
+    ids, mask = left_pad(trainer.prompts[:c.batch_size], tok.pad_token_id)
+    lm = models.actor.module.lm
+    times: dict[str, list[float]] = {"generate": [], "forwards": [], "update": []}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = lm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=32, do_sample=True, top_k=0,
+                              eos_token_id=None, pad_token_id=tok.pad_token_id)
+        t1 = time.perf_counter()
+        full_mask = torch.cat([mask, torch.ones(len(ids), 32, dtype=mask.dtype)], 1)
+        with torch.no_grad():
+            response_logprobs(models.reference, out, full_mask, 32)
+            sequence_scores(models.scorer, out, full_mask, tok.pad_token_id)
+            if models.critic is not None:
+                response_values(models.critic, out, full_mask, 32)
+        t2 = time.perf_counter()
+        for k in range(16):
+            rows = slice(8 * (k % 4), 8 * (k % 4) + 8)
+            inputs = dict(input_ids=out[rows], attention_mask=full_mask[rows], position_ids=position_ids(full_mask[rows]))
+            logits = models.actor.module.lm(**inputs, logits_to_keep=33).logits
+            models.actor.backward(logits.float().mean())
+            models.actor.step()
+            if models.critic is not None:
+                models.critic.backward(models.critic.module(**inputs).logits.float().mean())
+                models.critic.step()
+        times["generate"].append(t1 - t0)
+        times["forwards"].append(t2 - t1)
+        times["update"].append(time.perf_counter() - t2)
+    floor = {k: statistics.median(v) for k, v in times.items()}
+    floor["total"] = sum(floor.values())
+    return floor
+
+
+if __name__ == "__main__":
+    main()

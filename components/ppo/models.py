@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from components.models.config import ModelSpec
-from components.models.loading import causal_lm, disable_dropout, reward_model, token_value_model
+from components.models.loading import causal_lm, disable_dropout, fused_gelu, reward_model, token_value_model
 from components.ppo.config import LoRAConfig
 
 
@@ -82,7 +82,7 @@ def sequence_scores(scorer: nn.Module, input_ids: torch.Tensor, attention_mask: 
 def build_actor(spec: ModelSpec, tokenizer, value_head: bool, lora: LoRAConfig | None, seed: int) -> Actor:
     """The policy LM (random init from `spec.arch` is seeded) with a value head when asked, LoRA when configured."""
     torch.manual_seed(seed)
-    lm = disable_dropout(causal_lm(spec, tokenizer, field="ppo.model"))
+    lm = fused_gelu(disable_dropout(causal_lm(spec, tokenizer, field="ppo.model")))
     if lora is not None:
         from peft import LoraConfig, get_peft_model
         lm = get_peft_model(lm, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
@@ -101,12 +101,12 @@ def build_reference(actor: Actor, lora: LoRAConfig | None) -> nn.Module | None:
 
 def build_critic(spec: ModelSpec, tokenizer, seed: int) -> nn.Module:
     torch.manual_seed(seed + 1)
-    return disable_dropout(token_value_model(spec, tokenizer, field="ppo.critic_model"))
+    return fused_gelu(disable_dropout(token_value_model(spec, tokenizer, field="ppo.critic_model")))
 
 
 def build_scorer(spec: ModelSpec, tokenizer, seed: int) -> nn.Module:
     torch.manual_seed(seed + 2)
-    return disable_dropout(reward_model(spec, tokenizer, field="ppo.reward_model")).requires_grad_(False).eval()
+    return fused_gelu(disable_dropout(reward_model(spec, tokenizer, field="ppo.reward_model"))).requires_grad_(False).eval()
 
 
 @contextlib.contextmanager

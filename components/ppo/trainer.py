@@ -171,7 +171,9 @@ class PPOTrainer:
             loss = loss + c.vf_coef * vf_loss
         loss = loss * scale
         if c.ptx_coef and self.ptx_examples:
-            loss = loss + c.ptx_coef * self._ptx_loss(len(mask))
+            ptx = self._ptx_loss(len(mask))
+            loss = loss + c.ptx_coef * ptx
+            stats["ptx/loss"] = ptx.detach() * mask.sum()  # token-weighted like the other stats
         self.models.actor.backward(loss)
         self.models.actor.step()
         if self.models.critic is not None:

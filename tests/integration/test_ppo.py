@@ -174,3 +174,20 @@ def test_bad_rewards_and_prompts_fail_clearly(demo_data, sft_run):
         train([], gold_scores, config, model=sft_run[0], tokenizer=tok)
     with pytest.raises(DataError, match="prompt 1 has .* exceeds the model's context of 128"):
         train([prompts[0], "word " * 130], gold_scores, config, model=sft_run[0], tokenizer=tok)
+
+
+def test_kl_as_a_loss_term_ptx_and_sampling_options_run(demo_data, sft_run, demo_config):
+    """The non-default paths: KL (k3) in the loss instead of the reward, the ptx loss on SFT data, top-k/top-p
+    sampling, the missing-EOS penalty and reward normalisation, through the stage entry point."""
+    config = PPOConfig(**{**TINY, "kl": {"in_reward": False, "estimator": "k3"}, "ptx_coef": 0.5,
+                          "rollout": {"max_new_tokens": 12, "top_k": 20, "top_p": 0.9},
+                          "missing_eos_penalty": 1.0, "reward_normalize": True, "reward_model": None,
+                          "model": {"name_or_path": str(sft_run[0])}})
+    tok = load_data_tokenizer(demo_data.path)
+    from components.sft.data import encode
+    ptx = [encode(tok, r["prompt"], r["completion"], 64) for r in read_split(demo_data.path, "sft_train")[:64]]
+    result = train(_prompts(demo_data), gold_scores, config, tokenizer=tok, ptx_examples=ptx)
+    last = _iterations(result)[-1]
+    assert 0.0 < last["ptx/loss"] < 5.0  # the SFT model's own loss on SFT data is low
+    assert all(torch.isfinite(torch.tensor(v)) for v in last.values())
+    assert last["reward/shaped_mean"] != last["reward/score_mean"]  # normalised

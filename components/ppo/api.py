@@ -84,12 +84,14 @@ def fit(trainer: PPOTrainer, eval_prompts: list[list[int]], eval_texts: list[str
     c, history = trainer.config, []
     result = PPOResult(metrics={})
 
-    def report(step: int, metrics: dict[str, float]) -> None:
+    def report(step: int, metrics: dict[str, float], show: bool = True) -> None:
+        """Every iteration goes to history and on_log (the tracker); every log_every-th to the console."""
         history.append({"iteration": step, **metrics})
         if is_rank0():
-            shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items()
-                             if math.isfinite(v) and not k.startswith(("time/", "perf/")))
-            log.info("ppo iteration %d/%d %s", step, c.iterations, shown)
+            if show:
+                shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                                 if math.isfinite(v) and not k.startswith(("time/", "perf/")))
+                log.info("ppo iteration %d/%d %s", step, c.iterations, shown)
             if on_log is not None:
                 on_log(step, metrics)
 
@@ -110,8 +112,7 @@ def fit(trainer: PPOTrainer, eval_prompts: list[list[int]], eval_texts: list[str
         stats = trainer.step()
         result.metrics.update(stats)
         it = trainer.iteration
-        if it % c.log_every == 0 or it == c.iterations:
-            report(it, stats)
+        report(it, stats, show=it % c.log_every == 0 or it == c.iterations)
         if eval_prompts and (it % c.eval_every == 0 or it == c.iterations):
             evaluate()
         if checkpoint_dir and c.checkpoint_every and it % c.checkpoint_every == 0:

@@ -81,7 +81,7 @@ class PPOConfig(StrictModel):
     checkpoint_every: int = Field(0, ge=0, description="Save a resumable checkpoint every N iterations; 0: never.")
     eval_every: int = Field(10, ge=1, description="Score held-out prompts every N iterations.")
     eval_samples: int = Field(1, ge=1, description="Responses sampled per held-out prompt at each evaluation.")
-    log_every: int = Field(1, ge=1, description="Report training metrics every N iterations.")
+    log_every: int = Field(1, ge=1, description="Print training metrics every N iterations (the tracker gets every one).")
     seed: int = Field(0, description="Seed of sampling, shuffles and new heads.")
 
     @model_validator(mode="after")

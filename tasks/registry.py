@@ -1,0 +1,45 @@
+"""Register a policy in the MLflow model registry as an `mlflow.transformers` model, with an alias."""
+from __future__ import annotations
+
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+
+from mlflow.exceptions import MlflowException
+
+from tasks.output import StageOutput
+from tasks.runner import RunContext
+
+
+def pip_requirements() -> list[str]:
+    """Explicit requirements (MLflow would otherwise infer them by importing the model)."""
+    return [f"{name}=={version(name)}" for name in ("torch", "transformers", "tokenizers", "safetensors")]
+
+
+def register_policy(ctx: RunContext, ppo: StageOutput, name: str, alias: str, hf_dir: Path) -> str:
+    """Log `hf_dir` to the PPO stage's run as an mlflow.transformers model and register it under `name` with
+    `alias`. A PPO output registered before (same run) is not registered again. Returns the version."""
+    import mlflow.transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    client, run_id = ctx.tracker.client, ppo.mlflow_run_id
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="RLHF policies trained by the rlhf pipeline (PPO stage).")
+    existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if existing:
+        mv = existing[0]
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            model = {"model": AutoModelForCausalLM.from_pretrained(hf_dir), "tokenizer": AutoTokenizer.from_pretrained(hf_dir)}
+            mlflow.transformers.save_model(model, f"{tmp}/model", task="text-generation",
+                                           pip_requirements=pip_requirements())
+            client.log_artifacts(run_id, f"{tmp}/model", "model")
+        source = f"{client.get_run(run_id).info.artifact_uri}/model"
+        mv = client.create_model_version(name, source, run_id=run_id, tags={
+            "rlhf.uri": ppo.uri, "rlhf.fingerprint": ppo.fingerprint, **{
+                f"metric.{k}": f"{v:.4g}" for k, v in ppo.metrics.items() if k.startswith("eval/")}})
+    client.set_registered_model_alias(name, alias, mv.version)
+    ctx.tracker.tag(ctx.parent_run_id, {"rlhf.registered_model": f"{name}/{mv.version}@{alias}"})
+    return mv.version

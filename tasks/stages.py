@@ -1,0 +1,83 @@
+"""One Prefect task per stage: typed config + upstream StageOutputs in, one components call, StageOutput out.
+
+Caching is ours (tasks.runner), not Prefect's: a stored output is reused only if it still exists and verifies,
+which a Prefect cache record cannot know. So every task has `cache_policy=NO_CACHE` and no retries: the store's
+I/O retries with backoff itself, and a failed training stage is rerun, not retried blindly.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from components.data.config import DataConfig
+from components.ppo.config import PPOConfig
+from components.reward.config import RewardConfig
+from components.sft.config import SFTConfig
+from tasks.output import StageOutput
+from tasks.runner import RunContext, execute
+
+VERSIONS = {"data": "1", "sft": "1", "reward": "1", "ppo": "1"}
+
+
+@task(name="data", version=VERSIONS["data"], cache_policy=NO_CACHE)
+def data_task(config: DataConfig, ctx: RunContext) -> StageOutput:
+    from components.data.prepare import prepare
+
+    def compute(inputs, out, stage_run):
+        prepared = prepare(config, out)
+        ctx.tracker.log_file(ctx.parent_run_id, "data_manifest.json", json.dumps(prepared.manifest, indent=1))
+        return {f"rows/{k}": float(v) for k, v in prepared.manifest["counts"].items()}
+
+    return execute("data", VERSIONS["data"], config, {}, compute, ctx)
+
+
+@task(name="sft", version=VERSIONS["sft"], cache_policy=NO_CACHE)
+def sft_task(config: SFTConfig, max_length: int, data: StageOutput, ctx: RunContext) -> StageOutput:
+    from components.sft.train import run
+
+    def compute(inputs, out, stage_run):
+        return run(config, inputs["data"], out, max_length, on_log=stage_run.on_log)
+
+    return execute("sft", VERSIONS["sft"], config, {"data": data}, compute, ctx, {"data.max_length": max_length})
+
+
+@task(name="reward", version=VERSIONS["reward"], cache_policy=NO_CACHE)
+def reward_task(config: RewardConfig, max_length: int, data: StageOutput, sft: StageOutput,
+                ctx: RunContext) -> StageOutput:
+    from components.reward.train import run
+
+    def compute(inputs, out, stage_run):
+        return run(config, inputs["data"], out, max_length, base_model=inputs["sft"], on_log=stage_run.on_log)
+
+    return execute("reward", VERSIONS["reward"], config, {"data": data, "sft": sft}, compute, ctx,
+                   {"data.max_length": max_length})
+
+
+@task(name="ppo", version=VERSIONS["ppo"], cache_policy=NO_CACHE)
+def ppo_task(config: PPOConfig, data_config: DataConfig, data: StageOutput, sft: StageOutput, reward: StageOutput,
+             ctx: RunContext) -> StageOutput:
+    from components.data.gold import gold_scores
+    from components.ppo import run
+
+    gold = gold_scores if data_config.source == "demo" else None  # the demo's scorer; real data has none
+
+    def compute(inputs, out, stage_run):
+        result = run(config, inputs["data"], out, inputs["sft"], inputs["reward"], data_config.max_length,
+                     gold_fn=gold, on_log=stage_run.on_log)
+        ctx.tracker.log_table(stage_run.run_id, result.eval_rows, "eval_samples.json")
+        return result.metrics
+
+    return execute("ppo", VERSIONS["ppo"], config, {"data": data, "sft": sft, "reward": reward}, compute, ctx,
+                   {"data.max_length": data_config.max_length, "gold": gold is not None})
+
+
+@task(name="register-policy", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def register_task(ppo: StageOutput, model_name: str, alias: str, ctx: RunContext) -> str:
+    """Register the PPO policy as a version of `model_name` with `alias`, once per PPO output (rerunning a
+    cached pipeline does not add versions). Returns the version."""
+    from tasks.registry import register_policy
+
+    return register_policy(ctx, ppo, model_name, alias, Path(ctx.store.fetch("ppo", ppo.cache_key)))

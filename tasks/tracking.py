@@ -1,0 +1,84 @@
+"""MLflow for the pipeline, through explicit run ids (MlflowClient), so logging never depends on which thread
+Prefect runs a task in: one parent run per pipeline run, one nested run per stage that executes."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+PARAM_LIMIT = 500  # characters; longer values are cut (MLflow rejects very long params)
+
+
+def default_tracking_uri(state_dir: str | Path) -> str:
+    """MLFLOW_TRACKING_URI when set, else a sqlite store in the project state directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(state_dir).resolve()}/mlflow.db"
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """{"sft": {"lr": 1e-3}} -> {"sft.lr": "0.001"}; lists and None as JSON."""
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = (value if isinstance(value, str) else json.dumps(value))[:PARAM_LIMIT]
+    return out
+
+
+class Tracker:
+    """One MLflow experiment; `uri` a tracking URI (sqlite:///..., http://...)."""
+
+    def __init__(self, uri: str, experiment: str, artifact_location: str | None = None):
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)  # also the registry; mlflow.transformers.load_model reads it
+        self.uri, self.client = uri, MlflowClient(uri)
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = (found.experiment_id if found else
+                              self.client.create_experiment(experiment, artifact_location=artifact_location))
+
+    def start_run(self, name: str, params: dict[str, str], tags: dict[str, str], parent: str | None = None) -> str:
+        if parent:
+            tags = {**tags, "mlflow.parentRunId": parent}
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        items = list(params.items())
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in items[start:start + 100]])
+        return run.info.run_id
+
+    def logger(self, run_id: str):
+        """An `on_log(step, metrics)` callback for the components' training loops."""
+        def on_log(step: int, metrics: dict[str, float]) -> None:
+            now = int(time.time() * 1000)
+            batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))]
+            for start in range(0, len(batch), 1000):
+                self.client.log_batch(run_id, metrics=batch[start:start + 1000])
+        return on_log
+
+    def tag(self, run_id: str, tags: dict[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def finish(self, run_id: str, ok: bool = True) -> None:
+        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+    def log_file(self, run_id: str, name: str, text: str, artifact_path: str | None = None) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, name).write_text(text)
+            self.client.log_artifact(run_id, str(Path(tmp, name)), artifact_path)
+
+    def log_table(self, run_id: str, rows: list[dict], artifact_file: str) -> None:
+        """Rows as an MLflow table (shown in the run's Artifacts and in the Evaluation view)."""
+        if rows:
+            self.client.log_table(run_id, data={k: [r.get(k) for r in rows] for k in rows[0]},
+                                  artifact_file=artifact_file)
+
+    def stage_runs(self, parent: str) -> list:
+        return self.client.search_runs([self.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")

@@ -1,19 +1,17 @@
-"""`rlhf`: validate a config, run the stages, or run one stage.
+"""`rlhf`: validate a config, run the pipeline flow or one stage, compare pipeline runs.
 
-Until the pipeline flow lands, `rlhf run` runs data prep -> SFT -> reward model -> PPO in sequence in this process,
-writing each stage to `<output_dir>/<stage>/`.
+Without PREFECT_API_URL the flow runs on Prefect's temporary local server; without MLFLOW_TRACKING_URI runs are
+tracked in `<state_dir>/mlflow.db`; with `output_dir: s3://...` artifacts go to S3. No code changes between them.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
-import time
-from pathlib import Path
 
 from components.config.loading import load_config
-from components.config.pipeline import PipelineConfig
 from components.errors import RLHFError
 
 STAGES = ("data", "sft", "reward", "ppo")
@@ -23,81 +21,88 @@ log = logging.getLogger("rlhf")
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="configs/demo.yaml", help="pipeline YAML (default: %(default)s)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config value, e.g. --set sft.lr=2e-5 (repeatable)")
+                   help="override one config value, e.g. --set ppo.lr=2e-5 (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhf", description="RLHF pipeline: data prep, SFT, reward model, PPO.")
     sub = parser.add_subparsers(dest="command", required=True)
     _config_args(sub.add_parser("validate", help="validate a config and print it resolved"))
-    _config_args(sub.add_parser("run", help="run every stage in order"))
-    stage = sub.add_parser("stage", help="run one stage from the stored outputs of its upstream stages")
-    stage.add_argument("name", choices=STAGES)
+    run = sub.add_parser("run", help="run the pipeline flow (cached stages are reused)")
+    _config_args(run)
+    run.add_argument("--force", action="append", default=[], choices=STAGES, help="recompute this stage")
+    run.add_argument("--from-stage", choices=STAGES, help="recompute this stage and every later one")
+    stage = sub.add_parser("stage", help="run one stage; upstream outputs from the cache or given as URIs")
+    stage.add_argument("name", choices=STAGES[1:])
     _config_args(stage)
+    for upstream in STAGES[:-1]:
+        stage.add_argument(f"--{upstream}", metavar="URI", help=f"stored {upstream} output to start from")
+    runs = sub.add_parser("runs", help="compare recent pipeline runs from MLflow")
+    _config_args(runs)
+    runs.add_argument("-n", type=int, default=10, help="how many runs (default: %(default)s)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_logging()
     try:
         config = load_config(args.config, args.set)
         if args.command == "validate":
             print(json.dumps(config.model_dump(mode="json"), indent=2))
             return 0
-        names = STAGES if args.command == "run" else (args.name,)
-        results = {name: run_stage(name, config) for name in names}
+        os.environ.setdefault("PREFECT_HOME", os.path.abspath(os.path.join(config.state_dir, "prefect")))
+        _quiet_logging()
+        if args.command == "runs":
+            from rlhf.runs import print_runs
+            print_runs(config, args.n)
+            return 0
+        return _run(args, config)
     except RLHFError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    _summary(config, results)
+
+
+def _run(args, config) -> int:
+    from flows.pipeline import ppo_flow, reward_flow, rlhf_pipeline, sft_flow
+
+    if args.command == "run":
+        outputs = rlhf_pipeline(config, force=args.force, from_stage=args.from_stage)
+    elif all(getattr(args, u) is None for u in STAGES[:STAGES.index(args.name)]):
+        outputs = rlhf_pipeline(config, force=[args.name])  # upstream from the cache (computed if missing)
+    else:
+        flows = {"sft": (sft_flow, ["data"]), "reward": (reward_flow, ["data", "sft"]),
+                 "ppo": (ppo_flow, ["data", "sft", "reward"])}
+        fn, needs = flows[args.name]
+        missing = [u for u in needs if getattr(args, u) is None]
+        if missing:
+            raise RLHFError(f"rlhf stage {args.name}: give all of --{' --'.join(needs)} (missing --{missing[0]})")
+        outputs = {args.name: fn(config, **{f"{u}_uri": getattr(args, u) for u in needs})}
+    _summary(outputs)
     return 0
 
 
-def stage_dir(config: PipelineConfig, name: str) -> Path:
-    return Path(config.output_dir) / name
-
-
-def run_stage(name: str, config: PipelineConfig) -> dict:
-    """Run one stage into `<output_dir>/<name>` and return its headline metrics."""
-    start = time.perf_counter()
-    log.info("== %s", name)
-    data = stage_dir(config, "data")
-    if name == "data":
-        from components.data.prepare import prepare
-        prepared = prepare(config.data, data)
-        result = {"fingerprint": prepared.fingerprint, **{f"rows/{k}": v for k, v in prepared.manifest["counts"].items()}}
-    elif name == "sft":
-        from components.sft.train import run
-        result = run(config.sft, data, stage_dir(config, "sft"), config.data.max_length)
-    elif name == "reward":
-        from components.reward.train import run
-        result = run(config.reward, data, stage_dir(config, "reward"), config.data.max_length,
-                     base_model=stage_dir(config, "sft"))
-    else:
-        from components.data.gold import gold_scores
-        from components.ppo import run
-        gold = gold_scores if config.data.source == "demo" else None
-        result = run(config.ppo, data, stage_dir(config, "ppo"), stage_dir(config, "sft"), stage_dir(config, "reward"),
-                     config.data.max_length, gold_fn=gold).metrics
-    result["seconds"] = round(time.perf_counter() - start, 1)
-    return result
-
-
-def _summary(config: PipelineConfig, results: dict[str, dict]) -> None:
+def _summary(outputs) -> None:
     print("\nsummary")
-    for name, metrics in results.items():
-        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()
-                 if k.startswith(("eval/", "rows/")) or k in ("fingerprint", "seconds")}
-        print(f"  {name:7s} {stage_dir(config, name)}  {shown}")
-        if name == "ppo" and "eval/gold_mean" in metrics:
-            print(f"          gold score on held-out prompts: SFT {metrics['eval_before/gold_mean']:.3f} -> PPO "
-                  f"{metrics['eval/gold_mean']:.3f}; PPO wins {metrics['eval/gold_win_rate_vs_initial']:.0%} of "
-                  f"prompts; KL to SFT {metrics['eval/kl_mean']:.2f} nats")
+    for name, out in outputs.items():
+        shown = {k: round(v, 4) for k, v in out.metrics.items() if k.startswith(("eval/", "rows/"))}
+        print(f"  {name:7s} {'cached' if out.cached else 'ran   '} {out.uri}  {shown}")
+    m = outputs.get("ppo").metrics if "ppo" in outputs else {}
+    if "eval/gold_mean" in m and "eval_before/gold_mean" in m:
+        print(f"  gold score on held-out prompts: SFT {m['eval_before/gold_mean']:.3f} -> PPO {m['eval/gold_mean']:.3f};"
+              f" PPO wins {m['eval/gold_win_rate_vs_initial']:.0%} of prompts; KL to SFT {m['eval/kl_mean']:.2f} nats")
+    if "ppo" in outputs and outputs["ppo"].mlflow_run_id:
+        print(f"  policy: {outputs['ppo'].uri} (MLflow run {outputs['ppo'].mlflow_run_id}); compare runs: rlhf runs")
 
 
 def _quiet_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    """Our progress lines at INFO; DeepSpeed and transformers only when something is wrong."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    for name in ("rlhf", "components"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+        logger.propagate = False
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     import transformers
 

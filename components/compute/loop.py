@@ -2,6 +2,7 @@
 periodic logging and evaluation through a callback (so the loop never imports a tracker)."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -41,6 +42,13 @@ class LoopPlan:
     def total_steps(self) -> int:
         per_epoch = max(self.n_examples // self.global_batch, 1)
         return min(self.max_steps, per_epoch * self.epochs) if self.max_steps else per_epoch * self.epochs
+
+
+def metrics_file(metrics: dict[str, float]) -> str:
+    """metrics.json for a saved model: every metric except wall-clock rates and timings, so that the same
+    training writes the same bytes and the output's content fingerprint is reproducible."""
+    kept = {k: v for k, v in metrics.items() if not (k.startswith(("time/", "perf/")) or k.endswith("_per_s"))}
+    return json.dumps(kept, indent=1, sort_keys=True)
 
 
 def start(name: str, model: torch.nn.Module, n_examples: int, config: TrainingConfig):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from components.compute import engine as ds
 from components.compute.engine import is_rank0, world
-from components.compute.loop import LogFn
+from components.compute.loop import LogFn, metrics_file
 from components.data.prepare import load_data_tokenizer, read_split
 from components.errors import ConfigError, DataError
 from components.evaluation.metrics import per_prompt_means, win_rate
@@ -149,7 +149,7 @@ def train(prompts: list[str], reward_fn: RewardFn | None = None, config: PPOConf
         log.info("ppo resumed at iteration %d from %s", trainer.iteration, checkpoint_dir)
     result = fit(trainer, eval_encoded, list(eval_prompts or []), gold_fn, on_log, checkpoint_dir)
     if out_dir is not None:
-        files = {"metrics.json": json.dumps(result.metrics, indent=1),
+        files = {"metrics.json": metrics_file(result.metrics),
                  "eval_samples.jsonl": "".join(json.dumps(r) + "\n" for r in result.eval_rows)}
         ds.save_hf(models.actor, tokenizer, out_dir, files, select=merged_policy)
     return result

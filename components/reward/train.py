@@ -1,13 +1,12 @@
 """The reward-model stage: fit r(x, y) on preference pairs, report accuracy on held-out pairs."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from components.compute import engine as ds
-from components.compute.loop import LogFn, start, train
+from components.compute.loop import LogFn, metrics_file, start, train
 from components.data.prepare import load_data_tokenizer, read_split
 from components.models.config import ModelSpec
 from components.models.loading import reward_model
@@ -61,7 +60,7 @@ def run(config: RewardConfig, data_dir: str | Path, out_dir: str | Path, max_len
                               config.margin)
 
     metrics = train(engine, plan, step_fn, evaluate, on_log)
-    ds.save_hf(engine, tokenizer, out_dir, {"metrics.json": json.dumps(metrics, indent=1)})
+    ds.save_hf(engine, tokenizer, out_dir, {"metrics.json": metrics_file(metrics)})
     return metrics
 
 

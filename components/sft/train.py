@@ -1,14 +1,13 @@
 """The SFT stage: fine-tune a causal LM on data prep's sft_train split, report held-out loss and perplexity."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
 
 from components.compute import engine as ds
-from components.compute.loop import LogFn, start, train
+from components.compute.loop import LogFn, metrics_file, start, train
 from components.data.prepare import load_data_tokenizer, read_split
 from components.models.loading import causal_lm
 from components.sft.config import SFTConfig
@@ -40,7 +39,7 @@ def run(config: SFTConfig, data_dir: str | Path, out_dir: str | Path, max_length
     with torch.no_grad():
         before = evaluate()
     metrics = {"eval/loss_before": before["loss"], **train(engine, plan, step_fn, evaluate, on_log)}
-    ds.save_hf(engine, tokenizer, out_dir, {"metrics.json": json.dumps(metrics, indent=1)})
+    ds.save_hf(engine, tokenizer, out_dir, {"metrics.json": metrics_file(metrics)})
     return metrics
 
 

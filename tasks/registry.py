@@ -19,9 +19,6 @@ def pip_requirements() -> list[str]:
 def register_policy(ctx: RunContext, ppo: StageOutput, name: str, alias: str, hf_dir: Path) -> str:
     """Log `hf_dir` to the PPO stage's run as an mlflow.transformers model and register it under `name` with
     `alias`. A PPO output registered before (same run) is not registered again. Returns the version."""
-    import mlflow.transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     client, run_id = ctx.tracker.client, ppo.mlflow_run_id
     try:
         client.get_registered_model(name)
@@ -31,6 +28,9 @@ def register_policy(ctx: RunContext, ppo: StageOutput, name: str, alias: str, hf
     if existing:
         mv = existing[0]
     else:
+        import mlflow.transformers  # slow to import: only when a new version is logged
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
         with tempfile.TemporaryDirectory() as tmp:
             model = {"model": AutoModelForCausalLM.from_pretrained(hf_dir), "tokenizer": AutoTokenizer.from_pretrained(hf_dir)}
             mlflow.transformers.save_model(model, f"{tmp}/model", task="text-generation",

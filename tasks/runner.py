@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +71,10 @@ def execute(stage: str, version: str, config: Any, parents: dict[str, StageOutpu
     shutil.rmtree(work, ignore_errors=True)
     work.parent.mkdir(parents=True, exist_ok=True)
     try:
+        started = time.perf_counter()
         metrics = compute(inputs, work, StageRun(run_id, ctx.tracker))
+        metrics["stage/seconds"] = time.perf_counter() - started  # compute only: what the overhead is measured against
+        ctx.tracker.logger(run_id)(0, {"stage/seconds": metrics["stage/seconds"]})
         meta = {"version": version, "config_hash": config_hash, "parents": fingerprints, "mlflow_run_id": run_id,
                 "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}}
         marker = ctx.store.put(work, stage, key, meta)

@@ -24,9 +24,8 @@ VERSIONS = {"data": "1", "sft": "1", "reward": "1", "ppo": "1"}
 
 @task(name="data", version=VERSIONS["data"], cache_policy=NO_CACHE)
 def data_task(config: DataConfig, ctx: RunContext) -> StageOutput:
-    from components.data.prepare import prepare
-
     def compute(inputs, out, stage_run):
+        from components.data.prepare import prepare  # imports in compute: a cached stage loads no ML code
         prepared = prepare(config, out)
         ctx.tracker.log_file(ctx.parent_run_id, "data_manifest.json", json.dumps(prepared.manifest, indent=1))
         return {f"rows/{k}": float(v) for k, v in prepared.manifest["counts"].items()}
@@ -36,9 +35,8 @@ def data_task(config: DataConfig, ctx: RunContext) -> StageOutput:
 
 @task(name="sft", version=VERSIONS["sft"], cache_policy=NO_CACHE)
 def sft_task(config: SFTConfig, max_length: int, data: StageOutput, ctx: RunContext) -> StageOutput:
-    from components.sft.train import run
-
     def compute(inputs, out, stage_run):
+        from components.sft.train import run
         return run(config, inputs["data"], out, max_length, on_log=stage_run.on_log)
 
     return execute("sft", VERSIONS["sft"], config, {"data": data}, compute, ctx, {"data.max_length": max_length})
@@ -47,9 +45,8 @@ def sft_task(config: SFTConfig, max_length: int, data: StageOutput, ctx: RunCont
 @task(name="reward", version=VERSIONS["reward"], cache_policy=NO_CACHE)
 def reward_task(config: RewardConfig, max_length: int, data: StageOutput, sft: StageOutput,
                 ctx: RunContext) -> StageOutput:
-    from components.reward.train import run
-
     def compute(inputs, out, stage_run):
+        from components.reward.train import run
         return run(config, inputs["data"], out, max_length, base_model=inputs["sft"], on_log=stage_run.on_log)
 
     return execute("reward", VERSIONS["reward"], config, {"data": data, "sft": sft}, compute, ctx,
@@ -60,11 +57,11 @@ def reward_task(config: RewardConfig, max_length: int, data: StageOutput, sft: S
 def ppo_task(config: PPOConfig, data_config: DataConfig, data: StageOutput, sft: StageOutput, reward: StageOutput,
              ctx: RunContext) -> StageOutput:
     from components.data.gold import gold_scores
-    from components.ppo import run
 
     gold = gold_scores if data_config.source == "demo" else None  # the demo's scorer; real data has none
 
     def compute(inputs, out, stage_run):
+        from components.ppo import run
         result = run(config, inputs["data"], out, inputs["sft"], inputs["reward"], data_config.max_length,
                      gold_fn=gold, on_log=stage_run.on_log)
         ctx.tracker.log_table(stage_run.run_id, result.eval_rows, "eval_samples.json")

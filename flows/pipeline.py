@@ -1,51 +1,22 @@
 """Prefect flows: the whole chain, and one flow per stage that starts from stored upstream outputs."""
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from components.config.pipeline import PipelineConfig
-from components.io.store import ArtifactStore
+from tasks.context import open_context, stages_from
 from tasks.output import StageOutput
 from tasks.runner import RunContext, load_output
-from tasks.stages import data_task, ppo_task, register_task, reward_task, sft_task
-from tasks.tracking import Tracker, default_tracking_uri, flatten
-
-STAGES = ("data", "sft", "reward", "ppo")
-
-
-def open_context(config: PipelineConfig, run_name: str, force: set[str]) -> RunContext:
-    """Artifact store, MLflow experiment and the pipeline's parent run."""
-    if config.s3_endpoint_url:
-        os.environ["AWS_ENDPOINT_URL"] = config.s3_endpoint_url
-    state = Path(config.state_dir)
-    state.mkdir(parents=True, exist_ok=True)
-    uri = default_tracking_uri(state)
-    artifacts = (state / "mlruns").resolve().as_uri() if uri.startswith("sqlite") else None
-    tracker = Tracker(uri, config.tracking.experiment or config.name, artifacts)
-    parent = tracker.start_run(run_name, flatten(config.model_dump(mode="json")),
-                               {"rlhf.pipeline": config.name, "rlhf.kind": "pipeline"})
-    tracker.log_file(parent, "config.json", config.model_dump_json(indent=1))
-    return RunContext(ArtifactStore(config.output_dir, state / "cache"), tracker, parent, state / "work", force)
-
-
-def stages_from(stage: str | None) -> set[str]:
-    """`--from-stage reward` forces reward and every stage after it."""
-    if stage is None:
-        return set()
-    if stage not in STAGES:
-        raise ValueError(f"--from-stage {stage!r}: expected one of {', '.join(STAGES)}")
-    return set(STAGES[STAGES.index(stage):])
+from tasks.stages import data_task, evaluate_task, ppo_task, register_task, reward_task, sft_task
 
 
 @flow(name="rlhf-pipeline", log_prints=True)
 def rlhf_pipeline(config: PipelineConfig, force: list[str] | None = None,
                   from_stage: str | None = None) -> dict[str, StageOutput]:
-    """data prep -> SFT -> reward model -> PPO, each stage cached by config hash + upstream fingerprints +
+    """data prep -> SFT -> reward model -> PPO -> evaluation, each stage cached by config hash + upstream fingerprints +
     stage version; the PPO policy is registered in MLflow with the `candidate` alias."""
     start = time.perf_counter()
     ctx = open_context(config, f"{config.name}-pipeline", set(force or []) | stages_from(from_stage))
@@ -54,6 +25,8 @@ def rlhf_pipeline(config: PipelineConfig, force: list[str] | None = None,
         outputs["sft"] = sft_task(config.sft, config.data.max_length, outputs["data"], ctx)
         outputs["reward"] = reward_task(config.reward, config.data.max_length, outputs["data"], outputs["sft"], ctx)
         outputs["ppo"] = ppo_task(config.ppo, config.data, outputs["data"], outputs["sft"], outputs["reward"], ctx)
+        outputs["evaluate"] = evaluate_task(config.evaluate, config.data, outputs["data"], outputs["sft"],
+                                            outputs["reward"], outputs["ppo"], ctx)
         version = register_task(outputs["ppo"], config.tracking.model_name or f"{config.name}-policy",
                                 config.tracking.alias, ctx)
     except BaseException:
@@ -61,7 +34,8 @@ def rlhf_pipeline(config: PipelineConfig, force: list[str] | None = None,
         raise
     seconds = time.perf_counter() - start
     ctx.tracker.logger(ctx.parent_run_id)(0, {"pipeline/seconds": seconds, **{
-        f"{name}/{k}": v for name, out in outputs.items() for k, v in out.metrics.items() if k.startswith("eval")}})
+        f"{name}/{k}": v for name, out in outputs.items() for k, v in out.metrics.items()
+        if k.startswith("eval") or name == "evaluate"}})
     ctx.tracker.finish(ctx.parent_run_id)
     summary = summarize(config, outputs, ctx, version, seconds)
     create_markdown_artifact(summary, key="rlhf-pipeline-summary", description="Stages, caching, metrics")
@@ -79,7 +53,7 @@ def summarize(config: PipelineConfig, outputs: dict[str, StageOutput], ctx: RunC
              "| stage | cached | output | key metrics |", "|---|---|---|---|"]
     for name, out in outputs.items():
         shown = ", ".join(f"{k}={v:.4g}" for k, v in out.metrics.items()
-                          if k.startswith(("eval/", "eval_before/gold", "rows/")))
+                          if k.startswith(("eval/", "rows/", "policy/", "sft/gold", "sft/score")))
         lines.append(f"| {name} | {'yes' if out.cached else 'no'} | `{out.uri}` | {shown} |")
     return "\n".join(lines) + "\n"
 
@@ -113,5 +87,15 @@ def ppo_flow(config: PipelineConfig, data_uri: str, sft_uri: str, reward_uri: st
     ctx = _single(config, "ppo", f"{config.name}-ppo")
     out = ppo_task(config.ppo, config.data, load_output(ctx.store, data_uri), load_output(ctx.store, sft_uri),
                    load_output(ctx.store, reward_uri), ctx)
+    ctx.tracker.finish(ctx.parent_run_id)
+    return out
+
+
+@flow(name="evaluate")
+def evaluate_flow(config: PipelineConfig, data_uri: str, sft_uri: str, reward_uri: str, ppo_uri: str) -> StageOutput:
+    """Rerun the evaluation alone on stored outputs."""
+    ctx = _single(config, "evaluate", f"{config.name}-evaluate")
+    out = evaluate_task(config.evaluate, config.data, *(load_output(ctx.store, u) for u in
+                                                        (data_uri, sft_uri, reward_uri, ppo_uri)), ctx)
     ctx.tracker.finish(ctx.parent_run_id)
     return out

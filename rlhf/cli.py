@@ -14,7 +14,7 @@ import sys
 from components.config.loading import load_config
 from components.errors import RLHFError
 
-STAGES = ("data", "sft", "reward", "ppo")
+STAGES = ("data", "sft", "reward", "ppo", "evaluate")  # the order of the pipeline (tasks.context.STAGES)
 log = logging.getLogger("rlhf")
 
 
@@ -25,7 +25,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlhf", description="RLHF pipeline: data prep, SFT, reward model, PPO.")
+    parser = argparse.ArgumentParser(prog="rlhf", description="RLHF pipeline: data prep, SFT, reward model, PPO, "
+                                                              "evaluation.")
     sub = parser.add_subparsers(dest="command", required=True)
     _config_args(sub.add_parser("validate", help="validate a config and print it resolved"))
     run = sub.add_parser("run", help="run the pipeline flow (cached stages are reused)")
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(config.model_dump(mode="json"), indent=2))
             return 0
         os.environ.setdefault("PREFECT_HOME", os.path.abspath(os.path.join(config.state_dir, "prefect")))
+        os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)  # Prefect's sqlite file needs its directory
         _quiet_logging()
         if args.command == "runs":
             from rlhf.runs import print_runs
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args, config) -> int:
-    from flows.pipeline import ppo_flow, reward_flow, rlhf_pipeline, sft_flow
+    from flows.pipeline import evaluate_flow, ppo_flow, reward_flow, rlhf_pipeline, sft_flow
 
     if args.command == "run":
         outputs = rlhf_pipeline(config, force=args.force, from_stage=args.from_stage)
@@ -71,7 +73,7 @@ def _run(args, config) -> int:
         outputs = rlhf_pipeline(config, force=[args.name])  # upstream from the cache (computed if missing)
     else:
         flows = {"sft": (sft_flow, ["data"]), "reward": (reward_flow, ["data", "sft"]),
-                 "ppo": (ppo_flow, ["data", "sft", "reward"])}
+                 "ppo": (ppo_flow, ["data", "sft", "reward"]), "evaluate": (evaluate_flow, ["data", "sft", "reward", "ppo"])}
         fn, needs = flows[args.name]
         missing = [u for u in needs if getattr(args, u) is None]
         if missing:
@@ -84,12 +86,13 @@ def _run(args, config) -> int:
 def _summary(outputs) -> None:
     print("\nsummary")
     for name, out in outputs.items():
-        shown = {k: round(v, 4) for k, v in out.metrics.items() if k.startswith(("eval/", "rows/"))}
+        shown = {k: round(v, 4) for k, v in out.metrics.items()
+                 if k.startswith(("eval/", "rows/")) or k.endswith(("gold_mean", "win_rate_vs_sft", "kl_to_sft"))}
         print(f"  {name:7s} {'cached' if out.cached else 'ran   '} {out.uri}  {shown}")
-    m = outputs.get("ppo").metrics if "ppo" in outputs else {}
-    if "eval/gold_mean" in m and "eval_before/gold_mean" in m:
-        print(f"  gold score on held-out prompts: SFT {m['eval_before/gold_mean']:.3f} -> PPO {m['eval/gold_mean']:.3f};"
-              f" PPO wins {m['eval/gold_win_rate_vs_initial']:.0%} of prompts; KL to SFT {m['eval/kl_mean']:.2f} nats")
+    m = outputs["evaluate"].metrics if "evaluate" in outputs else {}
+    if "policy/gold_mean" in m:
+        print(f"  gold score on held-out prompts: SFT {m['sft/gold_mean']:.3f} -> PPO {m['policy/gold_mean']:.3f};"
+              f" PPO wins {m['policy/gold_win_rate_vs_sft']:.0%} of prompts; KL to SFT {m['policy/kl_to_sft']:.2f} nats")
     if "ppo" in outputs and outputs["ppo"].mlflow_run_id:
         print(f"  policy: {outputs['ppo'].uri} (MLflow run {outputs['ppo'].mlflow_run_id}); compare runs: rlhf runs")
 

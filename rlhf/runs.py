@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-KEY_METRICS = ("ppo/eval/gold_mean", "ppo/eval/gold_win_rate_vs_initial", "ppo/eval/score_mean", "ppo/eval/kl_mean",
-               "reward/eval/accuracy", "sft/eval/loss", "pipeline/seconds")
+KEY_METRICS = ("evaluate/policy/gold_mean", "evaluate/policy/gold_win_rate_vs_sft", "evaluate/policy/score_mean",
+               "evaluate/policy/kl_to_sft", "reward/eval/accuracy", "sft/eval/loss", "pipeline/seconds")
 
 
 def comparison(runs: list) -> tuple[list[str], list[list[str]]]:

@@ -13,13 +13,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from components.data.config import DataConfig
+from components.evaluation.config import EvaluationConfig
 from components.ppo.config import PPOConfig
 from components.reward.config import RewardConfig
 from components.sft.config import SFTConfig
 from tasks.output import StageOutput
 from tasks.runner import RunContext, execute
 
-VERSIONS = {"data": "1", "sft": "1", "reward": "1", "ppo": "1"}
+VERSIONS = {"data": "1", "sft": "1", "reward": "1", "ppo": "1", "evaluate": "1"}
 
 
 @task(name="data", version=VERSIONS["data"], cache_policy=NO_CACHE)
@@ -62,13 +63,37 @@ def ppo_task(config: PPOConfig, data_config: DataConfig, data: StageOutput, sft:
 
     def compute(inputs, out, stage_run):
         from components.ppo import run
+
+        def on_samples(iteration: int, rows: list[dict]) -> None:  # a table per PPO evaluation
+            ctx.tracker.log_table(stage_run.run_id, rows, f"samples/iteration_{iteration:05d}.json")
+
         result = run(config, inputs["data"], out, inputs["sft"], inputs["reward"], data_config.max_length,
-                     gold_fn=gold, on_log=stage_run.on_log)
-        ctx.tracker.log_table(stage_run.run_id, result.eval_rows, "eval_samples.json")
+                     gold_fn=gold, on_log=stage_run.on_log, on_samples=on_samples)
         return result.metrics
 
     return execute("ppo", VERSIONS["ppo"], config, {"data": data, "sft": sft, "reward": reward}, compute, ctx,
                    {"data.max_length": data_config.max_length, "gold": gold is not None})
+
+
+@task(name="evaluate", version=VERSIONS["evaluate"], cache_policy=NO_CACHE)
+def evaluate_task(config: EvaluationConfig, data_config: DataConfig, data: StageOutput, sft: StageOutput,
+                  reward: StageOutput, ppo: StageOutput, ctx: RunContext) -> StageOutput:
+    from components.data.gold import gold_scores
+
+    gold = gold_scores if data_config.source == "demo" else None
+
+    def compute(inputs, out, stage_run):
+        from components.evaluation.evaluate import run
+
+        metrics = run(config, inputs["data"], inputs["ppo"], {"sft": inputs["sft"]}, inputs["reward"], out,
+                      data_config.max_length, gold_fn=gold)
+        stage_run.on_log(0, metrics)
+        rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+        ctx.tracker.log_table(stage_run.run_id, rows, "samples.json")
+        return metrics
+
+    return execute("evaluate", VERSIONS["evaluate"], config, {"data": data, "sft": sft, "reward": reward, "ppo": ppo},
+                   compute, ctx, {"data.max_length": data_config.max_length, "gold": gold is not None})
 
 
 @task(name="register-policy", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)

@@ -5,6 +5,7 @@ from pydantic import Field, model_validator
 
 from components.config.base import StrictModel
 from components.data.config import DataConfig
+from components.evaluation.config import EvaluationConfig
 from components.ppo.config import PPOConfig
 from components.reward.config import RewardConfig
 from components.sft.config import SFTConfig
@@ -19,7 +20,7 @@ class TrackingConfig(StrictModel):
 
 
 class PipelineConfig(StrictModel):
-    """The whole chain: data prep -> SFT -> reward model -> PPO."""
+    """The whole chain: data prep -> SFT -> reward model -> PPO -> evaluation."""
 
     name: str = Field("rlhf-demo", min_length=1, description="Pipeline name; MLflow experiment and model names derive from it.")
     output_dir: str = Field(".rlhf/artifacts", description="Artifact root: a local directory or s3://bucket/prefix; "
@@ -32,6 +33,7 @@ class PipelineConfig(StrictModel):
     sft: SFTConfig = Field(default_factory=SFTConfig, description="Supervised fine-tuning stage.")
     reward: RewardConfig = Field(default_factory=RewardConfig, description="Reward model stage.")
     ppo: PPOConfig = Field(default_factory=PPOConfig, description="PPO stage.")
+    evaluate: EvaluationConfig = Field(default_factory=EvaluationConfig, description="Evaluation stage.")
 
     @model_validator(mode="after")
     def _fits_context(self) -> "PipelineConfig":

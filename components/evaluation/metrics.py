@@ -20,3 +20,9 @@ def win_rate(candidate: dict[int, float], baseline: dict[int, float]) -> float:
         raise ValueError("no prompt is scored for both the candidate and the baseline")
     wins = sum(1.0 if candidate[i] > baseline[i] else 0.5 if candidate[i] == baseline[i] else 0.0 for i in shared)
     return wins / len(shared)
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Distinct-n (Li et al. 2016): unique word n-grams / all word n-grams over `texts`; 0 when there are none."""
+    grams = [tuple(words[i:i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,8 +80,10 @@ def build_models(config: PPOConfig, tokenizer, policy: ModelSpec, reward: ModelS
 
 
 def fit(trainer: PPOTrainer, eval_prompts: list[list[int]], eval_texts: list[str], gold_fn: RewardFn | None,
-        on_log: LogFn | None, checkpoint_dir: str | Path | None) -> PPOResult:
-    """Iterate to config.iterations with periodic logging, evaluation and checkpoints."""
+        on_log: LogFn | None, checkpoint_dir: str | Path | None,
+        on_samples: Callable[[int, list[dict]], None] | None = None) -> PPOResult:
+    """Iterate to config.iterations with periodic logging, evaluation and checkpoints. `on_samples(iteration,
+    rows)` receives each evaluation's samples (rank 0)."""
     c, history = trainer.config, []
     result = PPOResult(metrics={})
 
@@ -103,6 +106,8 @@ def fit(trainer: PPOTrainer, eval_prompts: list[list[int]], eval_texts: list[str
                                                              per_prompt_means(result.eval_before_rows, key))
         result.metrics.update({f"eval/{k}": v for k, v in metrics.items()})
         report(trainer.iteration, {f"eval/{k}": v for k, v in metrics.items()})
+        if on_samples is not None and is_rank0():
+            on_samples(trainer.iteration, result.eval_rows)
 
     if trainer.iteration == 0 and eval_prompts:
         evaluate()
@@ -125,7 +130,8 @@ def train(prompts: list[str], reward_fn: RewardFn | None = None, config: PPOConf
           model: str | ModelSpec | None = None, reward_model: str | ModelSpec | None = None, tokenizer=None,
           eval_prompts: list[str] | None = None, gold_fn: RewardFn | None = None, out_dir: str | Path | None = None,
           checkpoint_dir: str | Path | None = None, resume: bool = False, on_log: LogFn | None = None,
-          ptx_examples: list[tuple[list[int], list[int]]] | None = None) -> PPOResult:
+          ptx_examples: list[tuple[list[int], list[int]]] | None = None,
+          on_samples: Callable[[int, list[dict]], None] | None = None) -> PPOResult:
     """Train a policy with PPO on `prompts`, scored by `reward_fn(prompts, responses) -> list[float]` or by a
     reward model (`reward_model`, a HF sequence-classification dir / hub id). `model` (or config.model) is the
     initial policy. With `out_dir`, the policy is saved there as a HF directory; with `checkpoint_dir`,
@@ -147,7 +153,7 @@ def train(prompts: list[str], reward_fn: RewardFn | None = None, config: PPOConf
     if resume and checkpoint_dir and Path(checkpoint_dir, "actor", "latest").exists():
         trainer.load_checkpoint(checkpoint_dir)
         log.info("ppo resumed at iteration %d from %s", trainer.iteration, checkpoint_dir)
-    result = fit(trainer, eval_encoded, list(eval_prompts or []), gold_fn, on_log, checkpoint_dir)
+    result = fit(trainer, eval_encoded, list(eval_prompts or []), gold_fn, on_log, checkpoint_dir, on_samples)
     if out_dir is not None:
         files = {"metrics.json": metrics_file(result.metrics),
                  "eval_samples.jsonl": "".join(json.dumps(r) + "\n" for r in result.eval_rows)}
@@ -157,7 +163,8 @@ def train(prompts: list[str], reward_fn: RewardFn | None = None, config: PPOConf
 
 def run(config: PPOConfig, data_dir: str | Path, out_dir: str | Path, policy_dir: str | Path | None,
         reward_dir: str | Path | None, max_length: int, gold_fn: RewardFn | None = None,
-        checkpoint_dir: str | Path | None = None, resume: bool = False, on_log: LogFn | None = None) -> PPOResult:
+        checkpoint_dir: str | Path | None = None, resume: bool = False, on_log: LogFn | None = None,
+        on_samples: Callable[[int, list[dict]], None] | None = None) -> PPOResult:
     """The pipeline stage: prompts of the preference_train split, held-out eval_prompts, the SFT policy and the
     reward model unless the config names others; writes the policy to `out_dir`."""
     policy = config.model or (ModelSpec(name_or_path=str(policy_dir)) if policy_dir else None)
@@ -172,7 +179,7 @@ def run(config: PPOConfig, data_dir: str | Path, out_dir: str | Path, policy_dir
         ptx = [encode(tokenizer, r["prompt"], r["completion"], max_length) for r in read_split(data_dir, "sft_train")]
     return train(prompts, config=config, model=policy, reward_model=scorer, tokenizer=tokenizer,
                  eval_prompts=eval_prompts, gold_fn=gold_fn, out_dir=out_dir, checkpoint_dir=checkpoint_dir,
-                 resume=resume, on_log=on_log, ptx_examples=ptx)
+                 resume=resume, on_log=on_log, ptx_examples=ptx, on_samples=on_samples)
 
 
 def _spec(model: str | ModelSpec | None) -> ModelSpec | None:

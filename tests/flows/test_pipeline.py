@@ -95,13 +95,17 @@ def test_every_stage_lands_in_s3_and_mlflow(env, first):
         assert s3.markers(stage) == {out.cache_key}
     keys = {o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/ppo/")["Contents"]}
     assert f"{PREFIX}/ppo/{first['ppo'].cache_key}/model.safetensors" in keys
-    assert _stages_ran(env, first) == ["data", "ppo", "reward", "sft"]
+    assert _stages_ran(env, first) == ["data", "evaluate", "ppo", "reward", "sft"]
     client = _tracker(env).client
     sft_run = client.get_run(first["sft"].mlflow_run_id)
     assert sft_run.data.params["lr"] and sft_run.data.params["data.max_length"] == "64"
     assert len(client.get_metric_history(sft_run.info.run_id, "train/loss")) >= 1
     ppo_history = client.get_metric_history(first["ppo"].mlflow_run_id, "reward/score_mean")
     assert [m.step for m in ppo_history] == [1, 2]
+    tables = [a.path for a in client.list_artifacts(first["ppo"].mlflow_run_id, "samples")]
+    assert tables == ["samples/iteration_00000.json", "samples/iteration_00002.json"]  # one per PPO evaluation
+    evaluation = first["evaluate"].metrics
+    assert {"policy/gold_mean", "sft/gold_mean", "policy/gold_win_rate_vs_sft", "policy/kl_to_sft"} <= set(evaluation)
     version = client.get_model_version_by_alias("rlhf-tiny-policy", "candidate")
     assert version.run_id == first["ppo"].mlflow_run_id
     parts = mlflow.transformers.load_model("models:/rlhf-tiny-policy@candidate", return_type="components")
@@ -117,11 +121,11 @@ def test_rerun_with_the_same_config_retrains_nothing(env, first):
     assert len(_tracker(env).client.search_model_versions("name = 'rlhf-tiny-policy'")) == 1
 
 
-def test_a_ppo_setting_reruns_ppo_only(env, first):
+def test_a_ppo_setting_reruns_ppo_and_evaluation_only(env, first):
     changed = run(env, "ppo.lr=3e-5")
-    assert [s for s, o in changed.items() if not o.cached] == ["ppo"]
+    assert [s for s, o in changed.items() if not o.cached] == ["ppo", "evaluate"]
     assert changed["ppo"].cache_key != first["ppo"].cache_key
-    assert _stages_ran(env, changed) == ["ppo"]
+    assert _stages_ran(env, changed) == ["evaluate", "ppo"]
 
 
 def test_a_deleted_artifact_recomputes_exactly_that_stage(env, first):

@@ -93,3 +93,12 @@ def test_win_rate_counts_ties_as_half():
 def test_invalid_ppo_configs_fail_at_validation(override, message):
     with pytest.raises(ValidationError, match=message):
         PPOConfig(**override)
+
+
+def test_distinct_n_counts_unique_ngrams_over_all_responses():
+    from components.evaluation.metrics import distinct_n
+
+    texts = ["a b a b", "a b c"]  # unigrams: a b a b a b c (7, 3 unique); bigrams: ab ba ab ab bc (5, 3 unique)
+    assert distinct_n(texts, 1) == pytest.approx(3 / 7)
+    assert distinct_n(texts, 2) == pytest.approx(3 / 5)
+    assert distinct_n(["a"], 2) == 0.0

@@ -1,0 +1,90 @@
+"""The evaluation stage: the policy and its baselines on held-out prompts, scored the same way.
+
+For each model: reward-model score, gold score (when a gold scorer is given), distinct-1/2, response length,
+perplexity on the SFT eval split; for the policy also its KL to the reference (the SFT model) and win-rates
+against each baseline by gold and by reward model (per prompt, mean over samples, ties count half).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from components.data.prepare import load_data_tokenizer, read_split
+from components.evaluation.config import EvaluationConfig
+from components.evaluation.metrics import distinct_n, per_prompt_means, win_rate
+from components.io.atomic import atomic_dir
+from components.models.config import ModelSpec
+from components.models.loading import causal_lm, disable_dropout, reward_model
+from components.ppo.models import Actor, response_logprobs, sequence_scores
+from components.ppo.rollout import RewardFn, decode_responses, left_pad, rollout
+from components.sft.data import encode
+from components.sft.train import evaluate_loss
+
+
+def _load(path: str | Path, tokenizer, kind):
+    return disable_dropout(kind(ModelSpec(name_or_path=str(path)), tokenizer, field="evaluate")).eval()
+
+
+@torch.no_grad()
+def sample(config: EvaluationConfig, lm, reference, scorer, tokenizer, prompts: list[str],
+           gold_fn: RewardFn | None) -> list[dict]:
+    """One row per (prompt, sample): response, reward-model score, gold score, KL to the reference, length."""
+    actor, rows = Actor(lm, value_head=False), []
+    indices = [i for i in range(len(prompts)) for _ in range(config.samples_per_prompt)]
+    torch.manual_seed(config.seed)
+    for start in range(0, len(indices), config.batch_size):
+        chunk = indices[start:start + config.batch_size]
+        ids, mask = left_pad([tokenizer(prompts[i], add_special_tokens=False)["input_ids"] for i in chunk],
+                             tokenizer.pad_token_id)
+        batch = rollout(actor, lm, ids, mask, config.rollout, tokenizer)
+        responses = decode_responses(batch, tokenizer)
+        ref = response_logprobs(reference, batch.input_ids, batch.attention_mask, batch.n_response,
+                                config.rollout.temperature) * batch.response_mask
+        kl = (batch.logprobs - ref).sum(1)
+        scores = sequence_scores(scorer, batch.input_ids, batch.attention_mask, tokenizer.pad_token_id)
+        gold = gold_fn([prompts[i] for i in chunk], responses) if gold_fn else [None] * len(chunk)
+        rows += [{"prompt_index": i, "prompt": prompts[i], "response": r, "score": float(s), "gold": g,
+                  "kl": float(k), "length": int(n)}
+                 for i, r, s, g, k, n in zip(chunk, responses, scores, gold, kl, batch.response_mask.sum(1))]
+    return rows
+
+
+def summarize(rows: list[dict], has_gold: bool) -> dict[str, float]:
+    texts = [r["response"] for r in rows]
+    out = {"score_mean": float(np.mean([r["score"] for r in rows])), "kl_to_sft": float(np.mean([r["kl"] for r in rows])),
+           "length_mean": float(np.mean([r["length"] for r in rows])),
+           "distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2)}
+    if has_gold:
+        out["gold_mean"] = float(np.mean([r["gold"] for r in rows]))
+    return out
+
+
+def run(config: EvaluationConfig, data_dir: str | Path, policy_dir: str | Path, baselines: dict[str, str | Path],
+        reward_dir: str | Path, out_dir: str | Path, max_length: int, gold_fn: RewardFn | None = None) -> dict:
+    """Evaluate `policy_dir` and each baseline (name -> model dir; "sft" is also the KL reference) on the
+    eval_prompts split; write report.json and samples.jsonl to `out_dir` atomically; return flat metrics."""
+    tokenizer = load_data_tokenizer(data_dir)
+    prompts = [r["prompt"] for r in read_split(data_dir, "eval_prompts")]
+    sft_eval = [encode(tokenizer, r["prompt"], r["completion"], max_length) for r in read_split(data_dir, "sft_eval")]
+    reference, scorer = _load(baselines["sft"], tokenizer, causal_lm), _load(reward_dir, tokenizer, reward_model)
+    metrics, all_rows, per_model = {}, [], {}
+    for name, path in {"policy": policy_dir, **baselines}.items():
+        lm = _load(path, tokenizer, causal_lm)
+        rows = sample(config, lm, reference, scorer, tokenizer, prompts, gold_fn)
+        per_model[name] = rows
+        summary = summarize(rows, gold_fn is not None)
+        with torch.no_grad():
+            summary["sft_eval_perplexity"] = evaluate_loss(lm, sft_eval, tokenizer.pad_token_id, 64)["perplexity"]
+        metrics.update({f"{name}/{k}": v for k, v in summary.items()})
+        all_rows += [{"model": name, **r} for r in rows]
+    for name in baselines:
+        for key in (("gold", "score") if gold_fn else ("score",)):
+            metrics[f"policy/{key}_win_rate_vs_{name}"] = win_rate(per_prompt_means(per_model["policy"], key),
+                                                                   per_prompt_means(per_model[name], key))
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "report.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+        (tmp / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in all_rows))
+    return metrics

@@ -5,12 +5,24 @@ import time
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from pydantic import Field
 
 from components.config.pipeline import PipelineConfig
 from tasks.context import open_context, stages_from
 from tasks.output import StageOutput
 from tasks.runner import RunContext, load_output
-from tasks.stages import data_task, evaluate_task, ppo_task, register_task, reward_task, sft_task
+from tasks.stages import (champion_task, data_task, evaluate_task, gate_task, ppo_task, promote_task, register_task,
+                          reward_task, sft_task)
+
+
+class Approval(RunInput):
+    """The form a person fills in the Prefect UI to let a candidate become champion."""
+
+    approve: bool = Field(False, description="Promote this candidate to champion.")
+    comment: str = Field("", description="Why (kept with the decision).")
 
 
 @flow(name="rlhf-pipeline", log_prints=True)
@@ -25,10 +37,15 @@ def rlhf_pipeline(config: PipelineConfig, force: list[str] | None = None,
         outputs["sft"] = sft_task(config.sft, config.data.max_length, outputs["data"], ctx)
         outputs["reward"] = reward_task(config.reward, config.data.max_length, outputs["data"], outputs["sft"], ctx)
         outputs["ppo"] = ppo_task(config.ppo, config.data, outputs["data"], outputs["sft"], outputs["reward"], ctx)
+        model_name = config.tracking.model_name or f"{config.name}-policy"
+        champion = champion_task(model_name, ctx)
         outputs["evaluate"] = evaluate_task(config.evaluate, config.data, outputs["data"], outputs["sft"],
-                                            outputs["reward"], outputs["ppo"], ctx)
-        version = register_task(outputs["ppo"], config.tracking.model_name or f"{config.name}-policy",
-                                config.tracking.alias, ctx)
+                                            outputs["reward"], outputs["ppo"], champion, ctx)
+        version = register_task(outputs["ppo"], model_name, config.tracking.alias, ctx)
+        p = config.promotion
+        decision = gate_task(outputs["evaluate"], outputs["ppo"], champion, p.metric, p.margin)
+        approved = ask_approval(decision, p.approval_timeout_s) if decision["promote"] and p.require_approval else True
+        promotion = promote_task(decision, approved, version, model_name, ctx)
     except BaseException:
         ctx.tracker.finish(ctx.parent_run_id, ok=False)
         raise
@@ -37,10 +54,23 @@ def rlhf_pipeline(config: PipelineConfig, force: list[str] | None = None,
         f"{name}/{k}": v for name, out in outputs.items() for k, v in out.metrics.items()
         if k.startswith("eval") or name == "evaluate"}})
     ctx.tracker.finish(ctx.parent_run_id)
-    summary = summarize(config, outputs, ctx, version, seconds)
+    summary = summarize(config, outputs, ctx, version, seconds) + f"\nPromotion: {promotion['reason']}.\n"
     create_markdown_artifact(summary, key="rlhf-pipeline-summary", description="Stages, caching, metrics")
     get_run_logger().info("pipeline finished in %.1fs; MLflow run %s", seconds, ctx.parent_run_id)
     return outputs
+
+
+def ask_approval(decision: dict, timeout_s: int) -> bool:
+    """Pause for a person's decision in the Prefect UI; no answer within the timeout keeps the champion."""
+    description = (f"**Promote the candidate to champion?** Gate: {decision['reason']}. "
+                   "Tick approve and submit to promote; leave it to keep the current champion.")
+    try:
+        answer = pause_flow_run(wait_for_input=Approval.with_initial_data(description=description),
+                                timeout=timeout_s, key="promotion")
+    except FlowPauseTimeout:
+        get_run_logger().warning("no approval within %ss: the champion stays", timeout_s)
+        return False
+    return answer.approve
 
 
 def summarize(config: PipelineConfig, outputs: dict[str, StageOutput], ctx: RunContext, version: str,

@@ -43,3 +43,18 @@ def register_policy(ctx: RunContext, ppo: StageOutput, name: str, alias: str, hf
     client.set_registered_model_alias(name, alias, mv.version)
     ctx.tracker.tag(ctx.parent_run_id, {"rlhf.registered_model": f"{name}/{mv.version}@{alias}"})
     return mv.version
+
+
+def set_alias(ctx: RunContext, name: str, alias: str, version: str) -> None:
+    ctx.tracker.client.set_registered_model_alias(name, alias, version)
+
+
+def champion_output(ctx: RunContext, name: str) -> StageOutput | None:
+    """The StageOutput of the version holding `champion` (from its rlhf.uri tag), or None."""
+    from tasks.runner import load_output
+
+    try:
+        version = ctx.tracker.client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        return None
+    return load_output(ctx.store, version.tags["rlhf.uri"])

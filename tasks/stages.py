@@ -77,23 +77,30 @@ def ppo_task(config: PPOConfig, data_config: DataConfig, data: StageOutput, sft:
 
 @task(name="evaluate", version=VERSIONS["evaluate"], cache_policy=NO_CACHE)
 def evaluate_task(config: EvaluationConfig, data_config: DataConfig, data: StageOutput, sft: StageOutput,
-                  reward: StageOutput, ppo: StageOutput, ctx: RunContext) -> StageOutput:
+                  reward: StageOutput, ppo: StageOutput, champion: StageOutput | None, ctx: RunContext) -> StageOutput:
+    """The policy against SFT and, when the registry has one, the champion (its fingerprint joins the key)."""
     from components.data.gold import gold_scores
 
     gold = gold_scores if data_config.source == "demo" else None
+    parents = {"data": data, "sft": sft, "reward": reward, "ppo": ppo}
+    if champion is not None and champion.fingerprint != ppo.fingerprint:
+        parents["champion"] = champion
 
     def compute(inputs, out, stage_run):
         from components.evaluation.evaluate import run
 
-        metrics = run(config, inputs["data"], inputs["ppo"], {"sft": inputs["sft"]}, inputs["reward"], out,
+        baselines = {"sft": inputs["sft"], **({"champion": inputs["champion"]} if "champion" in inputs else {})}
+        metrics = run(config, inputs["data"], inputs["ppo"], baselines, inputs["reward"], out,
                       data_config.max_length, gold_fn=gold)
+        if metrics.get("reward_hacking"):
+            ctx.tracker.tag(stage_run.run_id, {"rlhf.reward_hacking": "flagged"})
         stage_run.on_log(0, metrics)
         rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
         ctx.tracker.log_table(stage_run.run_id, rows, "samples.json")
         return metrics
 
-    return execute("evaluate", VERSIONS["evaluate"], config, {"data": data, "sft": sft, "reward": reward, "ppo": ppo},
-                   compute, ctx, {"data.max_length": data_config.max_length, "gold": gold is not None})
+    return execute("evaluate", VERSIONS["evaluate"], config, parents, compute, ctx,
+                   {"data.max_length": data_config.max_length, "gold": gold is not None})
 
 
 @task(name="register-policy", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
@@ -103,3 +110,41 @@ def register_task(ppo: StageOutput, model_name: str, alias: str, ctx: RunContext
     from tasks.registry import register_policy
 
     return register_policy(ctx, ppo, model_name, alias, Path(ctx.store.fetch("ppo", ppo.cache_key)))
+
+
+@task(name="find-champion", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def champion_task(model_name: str, ctx: RunContext) -> StageOutput | None:
+    """The stored PPO output behind the registry's `champion` alias, or None when there is no champion."""
+    from tasks.registry import champion_output
+
+    return champion_output(ctx, model_name)
+
+
+@task(name="gate", cache_policy=NO_CACHE)
+def gate_task(evaluation: StageOutput, ppo: StageOutput, champion: StageOutput | None, metric: str,
+              margin: float) -> dict:
+    """Does the candidate beat the champion? (A plain decision; `promote_task` acts on it.)"""
+    from components.evaluation.gate import decide
+
+    if champion is not None and champion.fingerprint == ppo.fingerprint:
+        return {"promote": False, "reason": "the candidate already is the champion"}
+    decision = decide(evaluation.metrics, metric, margin)
+    return {"promote": decision.promote, "reason": decision.reason, "candidate": decision.candidate,
+            "champion": decision.champion}
+
+
+@task(name="promote", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def promote_task(decision: dict, approved: bool, version: str, model_name: str, ctx: RunContext) -> dict:
+    """Move `champion` to `version` when the gate said so and (if asked) a person approved; log the decision
+    and its numbers on the pipeline run."""
+    from tasks.registry import set_alias
+
+    promoted = decision["promote"] and approved
+    if promoted:
+        set_alias(ctx, model_name, "champion", version)
+    reason = decision["reason"] + ("" if approved or not decision["promote"] else "; not approved")
+    ctx.tracker.tag(ctx.parent_run_id, {"rlhf.promotion": "promoted" if promoted else "kept champion",
+                                        "rlhf.promotion.reason": reason})
+    numbers = {f"promotion/{k}": float(decision[k]) for k in ("candidate", "champion") if decision.get(k) is not None}
+    ctx.tracker.logger(ctx.parent_run_id)(0, {"promotion/promoted": float(promoted), **numbers})
+    return {**decision, "promoted": promoted, "reason": reason, "version": version}

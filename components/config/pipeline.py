@@ -5,7 +5,7 @@ from pydantic import Field, model_validator
 
 from components.config.base import StrictModel
 from components.data.config import DataConfig
-from components.evaluation.config import EvaluationConfig
+from components.evaluation.config import EvaluationConfig, PromotionConfig
 from components.ppo.config import PPOConfig
 from components.reward.config import RewardConfig
 from components.sft.config import SFTConfig
@@ -34,6 +34,7 @@ class PipelineConfig(StrictModel):
     reward: RewardConfig = Field(default_factory=RewardConfig, description="Reward model stage.")
     ppo: PPOConfig = Field(default_factory=PPOConfig, description="PPO stage.")
     evaluate: EvaluationConfig = Field(default_factory=EvaluationConfig, description="Evaluation stage.")
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig, description="Candidate -> champion gate.")
 
     @model_validator(mode="after")
     def _fits_context(self) -> "PipelineConfig":

@@ -14,6 +14,7 @@ import torch
 
 from components.data.prepare import load_data_tokenizer, read_split
 from components.evaluation.config import EvaluationConfig
+from components.evaluation.gate import reward_hacking
 from components.evaluation.metrics import distinct_n, per_prompt_means, win_rate
 from components.io.atomic import atomic_dir
 from components.models.config import ModelSpec
@@ -57,8 +58,10 @@ def summarize(rows: list[dict], has_gold: bool) -> dict[str, float]:
     out = {"score_mean": float(np.mean([r["score"] for r in rows])), "kl_to_sft": float(np.mean([r["kl"] for r in rows])),
            "length_mean": float(np.mean([r["length"] for r in rows])),
            "distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2)}
+    out["score_std"] = float(np.std([r["score"] for r in rows]))
     if has_gold:
         out["gold_mean"] = float(np.mean([r["gold"] for r in rows]))
+        out["gold_std"] = float(np.std([r["gold"] for r in rows]))
     return out
 
 
@@ -84,6 +87,9 @@ def run(config: EvaluationConfig, data_dir: str | Path, policy_dir: str | Path, 
         for key in (("gold", "score") if gold_fn else ("score",)):
             metrics[f"policy/{key}_win_rate_vs_{name}"] = win_rate(per_prompt_means(per_model["policy"], key),
                                                                    per_prompt_means(per_model[name], key))
+    if gold_fn is not None:
+        flagged, excess = reward_hacking(metrics, config.reward_hacking_threshold)
+        metrics.update({"reward_hacking": float(flagged), "reward_hacking_excess": excess})
     with atomic_dir(out_dir) as tmp:
         (tmp / "report.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
         (tmp / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in all_rows))

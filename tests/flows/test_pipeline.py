@@ -118,14 +118,21 @@ def test_rerun_with_the_same_config_retrains_nothing(env, first):
     assert all(out.cached for out in again.values())
     assert {k: o.fingerprint for k, o in again.items()} == {k: o.fingerprint for k, o in first.items()}
     assert _stages_ran(env, again) == []
-    assert len(_tracker(env).client.search_model_versions("name = 'rlhf-tiny-policy'")) == 1
+    client = _tracker(env).client
+    assert len(client.search_model_versions("name = 'rlhf-tiny-policy'")) == 1
+    # The first run had no champion, so its candidate was promoted; now it is the champion already.
+    assert client.get_model_version_by_alias("rlhf-tiny-policy", "champion").run_id == first["ppo"].mlflow_run_id
 
 
 def test_a_ppo_setting_reruns_ppo_and_evaluation_only(env, first):
-    changed = run(env, "ppo.lr=3e-5")
+    changed = run(env, "ppo.lr=3e-5", "promotion.margin=1000")  # the gate keeps the first policy as champion
     assert [s for s, o in changed.items() if not o.cached] == ["ppo", "evaluate"]
     assert changed["ppo"].cache_key != first["ppo"].cache_key
     assert _stages_ran(env, changed) == ["evaluate", "ppo"]
+    assert {"champion/gold_mean", "policy/gold_win_rate_vs_champion"} <= set(changed["evaluate"].metrics)
+    client = _tracker(env).client
+    assert client.get_model_version_by_alias("rlhf-tiny-policy", "champion").run_id == first["ppo"].mlflow_run_id
+    assert client.get_model_version_by_alias("rlhf-tiny-policy", "candidate").run_id == changed["ppo"].mlflow_run_id
 
 
 def test_a_deleted_artifact_recomputes_exactly_that_stage(env, first):

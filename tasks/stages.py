@@ -46,11 +46,16 @@ def sft_task(config: SFTConfig, max_length: int, data: StageOutput, ctx: RunCont
 @task(name="reward", version=VERSIONS["reward"], cache_policy=NO_CACHE)
 def reward_task(config: RewardConfig, max_length: int, data: StageOutput, sft: StageOutput,
                 ctx: RunContext) -> StageOutput:
+    from tasks.runner import load_output
+
+    feedback = {f"feedback{i}": load_output(ctx.store, uri) for i, uri in enumerate(config.feedback)}
+
     def compute(inputs, out, stage_run):
         from components.reward.train import run
-        return run(config, inputs["data"], out, max_length, base_model=inputs["sft"], on_log=stage_run.on_log)
+        return run(config, inputs["data"], out, max_length, base_model=inputs["sft"], on_log=stage_run.on_log,
+                   feedback_dirs=[inputs[name] for name in feedback])
 
-    return execute("reward", VERSIONS["reward"], config, {"data": data, "sft": sft}, compute, ctx,
+    return execute("reward", VERSIONS["reward"], config, {"data": data, "sft": sft, **feedback}, compute, ctx,
                    {"data.max_length": max_length})
 
 

@@ -129,3 +129,14 @@ def score(batch: Rollout, ref_lm, critic, scorer, reward_fn: RewardFn | None, pr
     else:
         batch.scores = reward_fn(prompts, responses)  # checked and converted by rewards.check_scores
     return batch, responses
+
+
+@torch.no_grad()
+def sample_texts(lm, tokenizer, prompts: list[str], config: RolloutConfig, batch_size: int = 64) -> list[str]:
+    """One sampled response per prompt from a plain causal LM (no value head, no scoring)."""
+    actor, out = Actor(lm, value_head=False), []
+    for start in range(0, len(prompts), batch_size):
+        chunk = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts[start:start + batch_size]]
+        ids, mask = left_pad(chunk, tokenizer.pad_token_id)
+        out += decode_responses(rollout(actor, lm, ids, mask, config, tokenizer), tokenizer)
+    return out

@@ -8,6 +8,7 @@ import torch
 from components.compute import engine as ds
 from components.compute.loop import LogFn, metrics_file, start, train
 from components.data.prepare import load_data_tokenizer, read_split
+from components.feedback.labels import read_dataset
 from components.models.config import ModelSpec
 from components.models.loading import reward_model
 from components.reward.config import RewardConfig
@@ -34,16 +35,20 @@ def score_batch(model, sequences: list[list[int]], pad_id: int) -> torch.Tensor:
 
 
 def run(config: RewardConfig, data_dir: str | Path, out_dir: str | Path, max_length: int,
-        base_model: str | None = None, on_log: LogFn | None = None) -> dict[str, float]:
+        base_model: str | None = None, on_log: LogFn | None = None,
+        feedback_dirs: list[str | Path] = ()) -> dict[str, float]:
     """Train a reward model from `config.model`, or else from `base_model` (the SFT output dir), and write a
-    HF directory (AutoModelForSequenceClassification, num_labels=1) with metrics.json to `out_dir` atomically."""
+    HF directory (AutoModelForSequenceClassification, num_labels=1) with metrics.json to `out_dir` atomically.
+    `feedback_dirs` are stored human-feedback datasets whose pairs are added to preference_train."""
     spec = config.model or (ModelSpec(name_or_path=str(base_model)) if base_model else None)
     if spec is None:
         raise ValueError("reward.model is not set and no SFT model was given as the base")
     ds.init_distributed()
     torch.manual_seed(config.seed)
     tokenizer = load_data_tokenizer(data_dir)
-    train_set = [encode_pair(tokenizer, r, max_length) for r in read_split(data_dir, "preference_train")]
+    records = read_split(data_dir, "preference_train")
+    records += [r for d in feedback_dirs for r in read_dataset(d)]
+    train_set = [encode_pair(tokenizer, r, max_length) for r in records]
     eval_set = [encode_pair(tokenizer, r, max_length) for r in read_split(data_dir, "preference_eval")]
     model = reward_model(spec, tokenizer, field="reward.model")
     plan, engine = start("reward", model, len(train_set), config)

@@ -38,6 +38,21 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(stage)
     for upstream in STAGES[:-1]:
         stage.add_argument(f"--{upstream}", metavar="URI", help=f"stored {upstream} output to start from")
+    feedback = sub.add_parser("feedback", help="human feedback: collect in the Prefect UI, import or export labels")
+    fsub = feedback.add_subparsers(dest="action", required=True)
+    imp = fsub.add_parser("import", help="validate a label file (JSONL/CSV) and store it as a feedback dataset")
+    imp.add_argument("file")
+    _config_args(imp)
+    for name, help_text in (("collect", "sample pairs and pause the feedback flow for answers in the Prefect UI"),
+                            ("export", "write unlabelled pairs as JSONL for an outside labelling tool")):
+        p = fsub.add_parser(name, help=help_text)
+        _config_args(p)
+        p.add_argument("--data", required=True, metavar="URI", help="stored data prep output")
+        p.add_argument("--policy", required=True, metavar="URI", help="stored PPO (or SFT) output")
+        p.add_argument("--baseline", metavar="URI", help="compare against this model instead of a second sample")
+        p.add_argument("-n", type=int, default=8, help="number of pairs (default: %(default)s)")
+        if name == "export":
+            p.add_argument("--out", required=True, help="JSONL file to write")
     runs = sub.add_parser("runs", help="compare recent pipeline runs from MLflow")
     _config_args(runs)
     runs.add_argument("-n", type=int, default=10, help="how many runs (default: %(default)s)")
@@ -58,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             from rlhf.runs import print_runs
             print_runs(config, args.n)
             return 0
+        if args.command == "feedback":
+            return _feedback(args, config)
         return _run(args, config)
     except RLHFError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -80,6 +97,37 @@ def _run(args, config) -> int:
             raise RLHFError(f"rlhf stage {args.name}: give all of --{' --'.join(needs)} (missing --{missing[0]})")
         outputs = {args.name: fn(config, **{f"{u}_uri": getattr(args, u) for u in needs})}
     _summary(outputs)
+    return 0
+
+
+def _feedback(args, config) -> int:
+    if args.action == "import":
+        from flows.feedback import import_feedback_flow
+        out = import_feedback_flow(config, args.file)
+    elif args.action == "collect":
+        from flows.feedback import feedback_flow
+        out = feedback_flow(config, args.data, args.policy, args.baseline, n_pairs=args.n)
+    else:
+        import json
+
+        from components.feedback.pairs import make_pairs
+        from components.io.store import ArtifactStore
+
+        store = ArtifactStore(config.output_dir, os.path.join(config.state_dir, "cache"))
+        local = {k: store.fetch(*u.rstrip("/").split("/")[-2:]) if u else None
+                 for k, u in (("data", args.data), ("policy", args.policy), ("baseline", args.baseline))}
+        pairs = make_pairs(local["data"], local["policy"], local["baseline"], args.n, seed=0)
+        with open(args.out, "w", encoding="utf-8") as f:
+            for p in pairs:
+                f.write(json.dumps({"prompt": p["prompt"], "response_a": p["response_a"],
+                                    "response_b": p["response_b"], "choice": ""}) + "\n")
+        print(f"wrote {len(pairs)} pairs to {args.out}; fill `choice` (A, B or tie) and run: rlhf feedback import")
+        return 0
+    if out is None:
+        print("no usable labels: nothing stored")
+        return 1
+    print(f"feedback dataset: {out.uri} (fingerprint {out.fingerprint[:12]})\n"
+          f"train the reward model on it: rlhf run --set 'reward.feedback=[{out.uri}]'")
     return 0
 
 

@@ -102,6 +102,9 @@ def evaluate_task(config: EvaluationConfig, data_config: DataConfig, data: Stage
         stage_run.on_log(0, metrics)
         rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
         ctx.tracker.log_table(stage_run.run_id, rows, "samples.json")
+        for name in ("report.md", "curves.png", "scores.png"):
+            ctx.tracker.client.log_artifact(stage_run.run_id, str(out / name), "report")
+        _prefect_report(out, metrics)
         return metrics
 
     return execute("evaluate", VERSIONS["evaluate"], config, parents, compute, ctx,
@@ -115,6 +118,15 @@ def register_task(ppo: StageOutput, model_name: str, alias: str, ctx: RunContext
     from tasks.registry import register_policy
 
     return register_policy(ctx, ppo, model_name, alias, Path(ctx.store.fetch("ppo", ppo.cache_key)))
+
+
+def _prefect_report(out: Path, metrics: dict[str, float]) -> None:
+    """The evaluation report as Prefect artifacts: the markdown and a metrics table."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    create_markdown_artifact((out / "report.md").read_text(), key="rlhf-evaluation", description="Evaluation report")
+    create_table_artifact([{"metric": k, "value": round(v, 4)} for k, v in sorted(metrics.items())],
+                          key="rlhf-evaluation-metrics", description="Evaluation metrics")
 
 
 @task(name="find-champion", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)

@@ -44,11 +44,14 @@ class LoopPlan:
         return min(self.max_steps, per_epoch * self.epochs) if self.max_steps else per_epoch * self.epochs
 
 
+def reproducible(metrics: dict[str, float]) -> dict[str, float]:
+    """Every metric except wall-clock rates and timings: what the same training always reproduces."""
+    return {k: v for k, v in metrics.items() if not (k.startswith(("time/", "perf/")) or k.endswith("_per_s"))}
+
+
 def metrics_file(metrics: dict[str, float]) -> str:
-    """metrics.json for a saved model: every metric except wall-clock rates and timings, so that the same
-    training writes the same bytes and the output's content fingerprint is reproducible."""
-    kept = {k: v for k, v in metrics.items() if not (k.startswith(("time/", "perf/")) or k.endswith("_per_s"))}
-    return json.dumps(kept, indent=1, sort_keys=True)
+    """metrics.json for a saved model, reproducible, so the output's content fingerprint is too."""
+    return json.dumps(reproducible(metrics), indent=1, sort_keys=True)
 
 
 def start(name: str, model: torch.nn.Module, n_examples: int, config: TrainingConfig):

@@ -14,6 +14,7 @@ import torch
 
 from components.data.prepare import load_data_tokenizer, read_split
 from components.evaluation.config import EvaluationConfig
+from components.evaluation import report
 from components.evaluation.gate import reward_hacking
 from components.evaluation.metrics import distinct_n, per_prompt_means, win_rate
 from components.io.atomic import atomic_dir
@@ -93,4 +94,5 @@ def run(config: EvaluationConfig, data_dir: str | Path, policy_dir: str | Path, 
     with atomic_dir(out_dir) as tmp:
         (tmp / "report.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
         (tmp / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in all_rows))
+        report.write(tmp, metrics, all_rows, report.read_history(policy_dir), config.reward_hacking_threshold)
     return metrics

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from components.compute import engine as ds
 from components.compute.engine import is_rank0, world
-from components.compute.loop import LogFn, metrics_file
+from components.compute.loop import LogFn, metrics_file, reproducible
 from components.data.prepare import load_data_tokenizer, read_split
 from components.errors import ConfigError, DataError
 from components.evaluation.metrics import per_prompt_means, win_rate
@@ -156,6 +156,7 @@ def train(prompts: list[str], reward_fn: RewardFn | None = None, config: PPOConf
     result = fit(trainer, eval_encoded, list(eval_prompts or []), gold_fn, on_log, checkpoint_dir, on_samples)
     if out_dir is not None:
         files = {"metrics.json": metrics_file(result.metrics),
+                 "history.jsonl": "".join(json.dumps(reproducible(h)) + "\n" for h in result.history),
                  "eval_samples.jsonl": "".join(json.dumps(r) + "\n" for r in result.eval_rows)}
         ds.save_hf(models.actor, tokenizer, out_dir, files, select=merged_policy)
     return result

@@ -1,0 +1,68 @@
+"""The evaluation report: markdown plus PNG plots (PPO curves; score distributions of the policy vs SFT)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read_history(ppo_dir: str | Path) -> list[dict]:
+    path = Path(ppo_dir) / "history.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """PPO reward, gold (held-out evaluations) and KL to the reference over iterations."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    series = [("reward/score_mean", "reward model score (train)"), ("eval/gold_mean", "gold score (held-out)"),
+              ("kl/ref", "KL to reference (nats)")]
+    for ax, (key, title) in zip(axes, series):
+        points = [(h["iteration"], h[key]) for h in history if key in h]
+        if points:
+            ax.plot(*zip(*points), marker="." if len(points) < 20 else None)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("iteration")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_scores(rows: list[dict], key: str, path: Path) -> None:
+    """Histogram of `key` (score or gold) per model."""
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for model in dict.fromkeys(r["model"] for r in rows):
+        ax.hist([r[key] for r in rows if r["model"] == model], bins=20, alpha=0.5, label=model)
+    ax.set_title(f"{key} per response", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def markdown(metrics: dict[str, float], rows: list[dict], models: list[str], threshold: float) -> str:
+    keys = sorted({k.split("/", 1)[1] for k in metrics if k.split("/")[0] in models and "win_rate" not in k})
+    lines = ["# Evaluation", "", "| metric | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for key in keys:
+        cells = [f"{metrics[f'{m}/{key}']:.4g}" if f"{m}/{key}" in metrics else "" for m in models]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    lines += ["", *(f"- {k}: {v:.1%}" for k, v in sorted(metrics.items()) if "win_rate" in k)]
+    if "reward_hacking" in metrics:
+        verdict = "**FLAGGED**" if metrics["reward_hacking"] else "not flagged"
+        lines.append(f"- reward hacking: {verdict} (reward-model gain exceeds gold gain by "
+                     f"{metrics['reward_hacking_excess']:.2f} SFT std; threshold {threshold:g})")
+    lines += ["", "![PPO curves](curves.png)", "", "![scores](scores.png)", "", "## Samples", ""]
+    for r in [r for r in rows if r["model"] == "policy"][:5]:
+        lines.append(f"- {r['prompt']} **->** {r['response']} (score {r['score']:.2f}"
+                     + (f", gold {r['gold']:g})" if r.get("gold") is not None else ")"))
+    return "\n".join(lines) + "\n"
+
+
+def write(out_dir: Path, metrics: dict[str, float], rows: list[dict], history: list[dict], threshold: float) -> None:
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    plot_curves(history, out_dir / "curves.png")
+    plot_scores(rows, "gold" if rows and rows[0].get("gold") is not None else "score", out_dir / "scores.png")
+    (out_dir / "report.md").write_text(markdown(metrics, rows, models, threshold))

@@ -17,6 +17,7 @@ from components.evaluation.config import EvaluationConfig
 from components.ppo.config import PPOConfig
 from components.reward.config import RewardConfig
 from components.sft.config import SFTConfig
+from tasks.launcher import run_launched
 from tasks.output import StageOutput
 from tasks.runner import RunContext, execute
 
@@ -37,6 +38,8 @@ def data_task(config: DataConfig, ctx: RunContext) -> StageOutput:
 @task(name="sft", version=VERSIONS["sft"], cache_policy=NO_CACHE)
 def sft_task(config: SFTConfig, max_length: int, data: StageOutput, ctx: RunContext) -> StageOutput:
     def compute(inputs, out, stage_run):
+        if config.compute.num_processes > 1:
+            return run_launched("sft", config, config.compute.num_processes, max_length, inputs, out, stage_run)
         from components.sft.train import run
         return run(config, inputs["data"], out, max_length, on_log=stage_run.on_log)
 
@@ -51,6 +54,9 @@ def reward_task(config: RewardConfig, max_length: int, data: StageOutput, sft: S
     feedback = {f"feedback{i}": load_output(ctx.store, uri) for i, uri in enumerate(config.feedback)}
 
     def compute(inputs, out, stage_run):
+        if config.compute.num_processes > 1:
+            return run_launched("reward", config, config.compute.num_processes, max_length, inputs, out, stage_run,
+                                feedback_dirs=[inputs[name] for name in feedback])
         from components.reward.train import run
         return run(config, inputs["data"], out, max_length, base_model=inputs["sft"], on_log=stage_run.on_log,
                    feedback_dirs=[inputs[name] for name in feedback])
@@ -67,6 +73,9 @@ def ppo_task(config: PPOConfig, data_config: DataConfig, data: StageOutput, sft:
     gold = gold_scores if data_config.source == "demo" else None  # the demo's scorer; real data has none
 
     def compute(inputs, out, stage_run):
+        if config.compute.num_processes > 1:
+            return run_launched("ppo", config, config.compute.num_processes, data_config.max_length, inputs, out,
+                                stage_run, gold=gold is not None)
         from components.ppo import run
 
         def on_samples(iteration: int, rows: list[dict]) -> None:  # a table per PPO evaluation

@@ -33,6 +33,16 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def run_logger(client: MlflowClient, run_id: str):
+    """An `on_log(step, metrics)` callback for the components' training loops, logging into `run_id`."""
+    def on_log(step: int, metrics: dict[str, float]) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))]
+        for start in range(0, len(batch), 1000):
+            client.log_batch(run_id, metrics=batch[start:start + 1000])
+    return on_log
+
+
 class Tracker:
     """One MLflow experiment; `uri` a tracking URI (sqlite:///..., http://...)."""
 
@@ -55,13 +65,7 @@ class Tracker:
         return run.info.run_id
 
     def logger(self, run_id: str):
-        """An `on_log(step, metrics)` callback for the components' training loops."""
-        def on_log(step: int, metrics: dict[str, float]) -> None:
-            now = int(time.time() * 1000)
-            batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))]
-            for start in range(0, len(batch), 1000):
-                self.client.log_batch(run_id, metrics=batch[start:start + 1000])
-        return on_log
+        return run_logger(self.client, run_id)
 
     def tag(self, run_id: str, tags: dict[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])

@@ -18,6 +18,8 @@ class ComputeConfig(StrictModel):
     micro_batch_size: int = Field(16, ge=1, description="Examples per forward pass on each process.")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro batches summed before each optimizer step.")
     gradient_clipping: float = Field(1.0, ge=0.0, description="Clip the global gradient norm to this value; 0 disables.")
+    num_processes: int = Field(1, ge=1, description="Processes (GPUs) on this node; above 1 the pipeline runs the "
+                               "stage through torchrun, with rank 0 logging into the stage's MLflow run.")
 
     @model_validator(mode="after")
     def _offload_needs_zero(self) -> "ComputeConfig":

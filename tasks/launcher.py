@@ -1,0 +1,51 @@
+"""Run a training stage through torchrun when its `compute.num_processes` is above 1."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from components.errors import RLHFError
+from tasks.runner import StageRun
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_launched(stage: str, config, nproc: int, max_length: int, inputs: dict[str, Path], out: Path,
+                 stage_run: StageRun, gold: bool = False, feedback_dirs: list[Path] = ()) -> dict[str, float]:
+    """torchrun `nproc` processes of `tasks.launched` on this node; returns rank 0's metrics. The stage run's id
+    and tracking URI go down on the command line so rank 0 logs into the same MLflow run."""
+    side = out.parent / f"{out.name}.launch"
+    side.mkdir(parents=True, exist_ok=True)
+    (side / "config.json").write_text(config.model_dump_json())
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "tasks.launched", stage, "--stage-config", str(side / "config.json"),
+           "--max-length", str(max_length), "--data", str(inputs["data"]), "--out", str(out),
+           "--result", str(side / "result.json"), "--tracking-uri", stage_run.tracker.uri, "--run-id", stage_run.run_id]
+    cmd += [f"--{name}={inputs[name]}" for name in ("sft", "reward") if name in inputs] + (["--gold"] if gold else [])
+    cmd += [f"--feedback={d}" for d in feedback_dirs]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    try:
+        output, _ = proc.communicate()
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)  # the ranks go down with the launcher
+        raise
+    try:
+        (side / "output.log").write_text(output)
+        stage_run.tracker.client.log_artifact(stage_run.run_id, str(side / "output.log"), "launch")
+        if proc.returncode != 0:
+            raise RLHFError(f"{stage}: torchrun with {nproc} processes failed (exit {proc.returncode}):\n"
+                            f"{output[-3000:]}")
+        return json.loads((side / "result.json").read_text())
+    finally:
+        shutil.rmtree(side, ignore_errors=True)

@@ -1,0 +1,116 @@
+"""prefect.yaml against a real Prefect server: `prefect server start` on 127.0.0.1 (temporary sqlite), `prefect
+deploy --all`, a flow run created the way the UI's Run button does, run by a process worker the test starts."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.config.loading import load_config
+from components.config.pipeline import PipelineConfig
+
+ROOT = Path(__file__).parents[2]
+PREFECT = [sys.executable, "-m", "prefect"]
+
+
+def test_prefect_yaml_is_rendered_from_the_demo_config():
+    from rlhf.prefect_yaml import render
+
+    assert yaml.safe_load((ROOT / "prefect.yaml").read_text()) == render("configs/demo.yaml")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _api(base: str, path: str, body: dict | None = None):
+    request = urllib.request.Request(f"{base}{path}", data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json"}, method="POST" if body is not None else "GET")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read() or b"null")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("prefect")
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(tmp / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp}/prefect.db",
+           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_UI_ENABLED": "false",
+           "RLHF_HOME": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
+    (tmp / "home").mkdir()
+    proc = subprocess.Popen(PREFECT + ["server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    base = env["PREFECT_API_URL"]
+    deadline = time.time() + 120
+    while True:
+        try:
+            _api(base, "/health")
+            break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                raise RuntimeError("prefect server did not start: " + proc.stdout.read().decode()[-3000:])
+            time.sleep(0.5)
+    yield base, env, tmp
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def _cli(args: list[str], env: dict, timeout: int = 300) -> str:
+    out = subprocess.run(PREFECT + args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+def test_deploy_schedule_schema_and_a_run_from_the_ui(server):
+    base, env, tmp = server
+    for pool in ("cpu", "gpu"):  # gpu is docker/kubernetes in production; a process pool stands in here
+        _cli(["work-pool", "create", pool, "--type", "process"], env)
+    _cli(["--no-prompt", "deploy", "--all"], env)
+
+    names = {d["name"] for d in _api(base, "/deployments/filter", {})}
+    assert names == {"retrain-weekly", "sft-adhoc", "reward-adhoc", "ppo-adhoc", "evaluate-adhoc", "feedback-adhoc"}
+    retrain = _api(base, "/deployments/name/rlhf-pipeline/retrain-weekly")
+    assert [s["schedule"]["cron"] for s in retrain["schedules"]] == ["0 3 * * 1"]
+    assert retrain["work_pool_name"] == "cpu"
+    assert _api(base, "/deployments/name/ppo/ppo-adhoc")["work_pool_name"] == "gpu"
+    schema = retrain["parameter_openapi_schema"]
+    defs = schema.get("definitions") or schema.get("$defs")
+    ours = PipelineConfig.model_json_schema()
+    assert defs["PipelineConfig"]["properties"].keys() == ours["properties"].keys()
+    assert all(defs["PipelineConfig"]["properties"][k].get("description") == v.get("description")
+               for k, v in ours["properties"].items())
+    assert retrain["parameters"]["config"] == load_config("configs/demo.yaml").model_dump(mode="json")
+
+    # The UI's Run button with a custom config: POST /deployments/{id}/create_flow_run with parameters.
+    tiny = load_config("configs/tiny.yaml", [f"output_dir={tmp}/artifacts", f"state_dir={tmp}/state"])
+    run = _api(base, f"/deployments/{retrain['id']}/create_flow_run",
+               {"parameters": {"config": tiny.model_dump(mode="json")}})
+    worker = subprocess.Popen(PREFECT + ["worker", "start", "--pool", "cpu", "--run-once"], env=env, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline, state = time.time() + 400, None
+    while time.time() < deadline:
+        state = _api(base, f"/flow_runs/{run['id']}")["state"]
+        if state and state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            break
+        time.sleep(2)
+    try:
+        worker.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.pid, signal.SIGKILL)
+    log = worker.stdout.read()[-4000:]
+    assert state and state["type"] == "COMPLETED", log
+    assert (tmp / "state" / "mlflow.db").exists() or (tmp / "mlflow.db").exists()
+    assert any((tmp / "artifacts" / "ppo").iterdir())

@@ -6,6 +6,7 @@ output behind and its MLflow run is marked FAILED.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
@@ -71,8 +72,9 @@ def execute(stage: str, version: str, config: Any, parents: dict[str, StageOutpu
     shutil.rmtree(work, ignore_errors=True)
     work.parent.mkdir(parents=True, exist_ok=True)
     try:
-        started = time.perf_counter()
-        metrics = compute(inputs, work, StageRun(run_id, ctx.tracker))
+        with _slots(getattr(config, "compute", None)):
+            started = time.perf_counter()
+            metrics = compute(inputs, work, StageRun(run_id, ctx.tracker))
         metrics["stage/seconds"] = time.perf_counter() - started  # compute only: what the overhead is measured against
         ctx.tracker.logger(run_id)(0, {"stage/seconds": metrics["stage/seconds"]})
         meta = {"version": version, "config_hash": config_hash, "parents": fingerprints, "mlflow_run_id": run_id,
@@ -86,6 +88,16 @@ def execute(stage: str, version: str, config: Any, parents: dict[str, StageOutpu
     ctx.tracker.finish(run_id)
     shutil.rmtree(work, ignore_errors=True)
     return _output(ctx.store, marker, cached=False)
+
+
+def _slots(compute):
+    """Hold `compute.num_processes` slots of the Prefect global concurrency limit `compute.concurrency_limit`
+    (strict: a limit that does not exist on the server is an error, not a silent pass)."""
+    if compute is None or compute.concurrency_limit is None:
+        return contextlib.nullcontext()
+    from prefect.concurrency.sync import concurrency
+
+    return concurrency(compute.concurrency_limit, occupy=compute.num_processes, strict=True)
 
 
 def load_output(store: ArtifactStore, uri: str) -> StageOutput:
@@ -108,5 +120,7 @@ def _hash(config: Any, extra: dict[str, Any] | None) -> str:
     import hashlib
     import json
 
-    blob = json.dumps({"config": config.model_dump(mode="json"), "extra": extra or {}}, sort_keys=True)
+    dumped = config.model_dump(mode="json")
+    dumped.get("compute", {}).pop("concurrency_limit", None)  # where a stage queues does not change what it makes
+    blob = json.dumps({"config": dumped, "extra": extra or {}}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()

@@ -79,6 +79,7 @@ def test_deploy_schedule_schema_and_a_run_from_the_ui(server):
     for pool in ("cpu", "gpu"):  # gpu is docker/kubernetes in production; a process pool stands in here
         _cli(["work-pool", "create", pool, "--type", "process"], env)
     _cli(["--no-prompt", "deploy", "--all"], env)
+    _cli(["global-concurrency-limit", "create", "gpu", "--limit", "1"], env)
 
     names = {d["name"] for d in _api(base, "/deployments/filter", {})}
     assert names == {"retrain-weekly", "sft-adhoc", "reward-adhoc", "ppo-adhoc", "evaluate-adhoc", "feedback-adhoc"}
@@ -95,7 +96,8 @@ def test_deploy_schedule_schema_and_a_run_from_the_ui(server):
     assert retrain["parameters"]["config"] == load_config("configs/demo.yaml").model_dump(mode="json")
 
     # The UI's Run button with a custom config: POST /deployments/{id}/create_flow_run with parameters.
-    tiny = load_config("configs/tiny.yaml", [f"output_dir={tmp}/artifacts", f"state_dir={tmp}/state"])
+    tiny = load_config("configs/tiny.yaml", [f"output_dir={tmp}/artifacts", f"state_dir={tmp}/state",
+                                             "ppo.compute.concurrency_limit=gpu"])  # PPO holds the gpu slot
     run = _api(base, f"/deployments/{retrain['id']}/create_flow_run",
                {"parameters": {"config": tiny.model_dump(mode="json")}})
     worker = subprocess.Popen(PREFECT + ["worker", "start", "--pool", "cpu", "--run-once"], env=env, cwd=ROOT,
@@ -114,3 +116,5 @@ def test_deploy_schedule_schema_and_a_run_from_the_ui(server):
     assert state and state["type"] == "COMPLETED", log
     assert (tmp / "state" / "mlflow.db").exists() or (tmp / "mlflow.db").exists()
     assert any((tmp / "artifacts" / "ppo").iterdir())
+    limit = _api(base, "/v2/concurrency_limits/gpu")
+    assert limit["limit"] == 1 and limit["active_slots"] == 0  # taken by PPO, then given back

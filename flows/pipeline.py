@@ -34,8 +34,11 @@ def rlhf_pipeline(config: PipelineConfig, force: list[str] | None = None,
     ctx = open_context(config, f"{config.name}-pipeline", set(force or []) | stages_from(from_stage))
     try:
         outputs = {"data": data_task(config.data, ctx)}
+        on_pool(config, "sft", ctx, data=outputs["data"])
         outputs["sft"] = sft_task(config.sft, config.data.max_length, outputs["data"], ctx)
+        on_pool(config, "reward", ctx, data=outputs["data"], sft=outputs["sft"])
         outputs["reward"] = reward_task(config.reward, config.data.max_length, outputs["data"], outputs["sft"], ctx)
+        on_pool(config, "ppo", ctx, data=outputs["data"], sft=outputs["sft"], reward=outputs["reward"])
         outputs["ppo"] = ppo_task(config.ppo, config.data, outputs["data"], outputs["sft"], outputs["reward"], ctx)
         model_name = config.tracking.model_name or f"{config.name}-policy"
         champion = champion_task(model_name, ctx)
@@ -58,6 +61,22 @@ def rlhf_pipeline(config: PipelineConfig, force: list[str] | None = None,
     create_markdown_artifact(summary, key="rlhf-pipeline-summary", description="Stages, caching, metrics")
     get_run_logger().info("pipeline finished in %.1fs; MLflow run %s", seconds, ctx.parent_run_id)
     return outputs
+
+
+def on_pool(config: PipelineConfig, stage: str, ctx: RunContext, **upstream: StageOutput) -> None:
+    """When the stage's `compute.work_pool` is set, run its `<stage>-adhoc` deployment there first (as a
+    subflow, waiting for it) without forcing; the local task call that follows then finds the stored output."""
+    pool = getattr(config, stage).compute.work_pool
+    if pool is None or stage in ctx.force:
+        return
+    from prefect.deployments import run_deployment
+
+    get_run_logger().info("%s: dispatching to work pool %s", stage, pool)
+    run = run_deployment(f"{stage}/{stage}-adhoc", timeout=None, poll_interval=2, parameters={
+        "config": config.model_dump(mode="json"), "force": False,
+        **{f"{name}_uri": out.uri for name, out in upstream.items()}})
+    if not run.state.is_completed():
+        raise RuntimeError(f"{stage} on work pool {pool}: flow run {run.name} ended {run.state.name}")
 
 
 def ask_approval(decision: dict, timeout_s: int) -> bool:
@@ -88,23 +107,23 @@ def summarize(config: PipelineConfig, outputs: dict[str, StageOutput], ctx: RunC
     return "\n".join(lines) + "\n"
 
 
-def _single(config: PipelineConfig, stage: str, run_name: str):
-    return open_context(config, run_name, {stage})
+def _single(config: PipelineConfig, stage: str, run_name: str, force: bool = True):
+    return open_context(config, run_name, {stage} if force else set())
 
 
 @flow(name="sft")
-def sft_flow(config: PipelineConfig, data_uri: str) -> StageOutput:
-    """Rerun SFT alone on a stored data prep output."""
-    ctx = _single(config, "sft", f"{config.name}-sft")
+def sft_flow(config: PipelineConfig, data_uri: str, force: bool = True) -> StageOutput:
+    """Rerun SFT alone on a stored data prep output (`force=False`: reuse a stored output with the same key)."""
+    ctx = _single(config, "sft", f"{config.name}-sft", force)
     out = sft_task(config.sft, config.data.max_length, load_output(ctx.store, data_uri), ctx)
     ctx.tracker.finish(ctx.parent_run_id)
     return out
 
 
 @flow(name="reward")
-def reward_flow(config: PipelineConfig, data_uri: str, sft_uri: str) -> StageOutput:
-    """Rerun the reward model alone on stored data prep and SFT outputs."""
-    ctx = _single(config, "reward", f"{config.name}-reward")
+def reward_flow(config: PipelineConfig, data_uri: str, sft_uri: str, force: bool = True) -> StageOutput:
+    """Rerun the reward model alone on stored data prep and SFT outputs (`force=False`: reuse if stored)."""
+    ctx = _single(config, "reward", f"{config.name}-reward", force)
     out = reward_task(config.reward, config.data.max_length, load_output(ctx.store, data_uri),
                       load_output(ctx.store, sft_uri), ctx)
     ctx.tracker.finish(ctx.parent_run_id)
@@ -112,9 +131,10 @@ def reward_flow(config: PipelineConfig, data_uri: str, sft_uri: str) -> StageOut
 
 
 @flow(name="ppo")
-def ppo_flow(config: PipelineConfig, data_uri: str, sft_uri: str, reward_uri: str) -> StageOutput:
-    """Rerun PPO alone on stored data prep, SFT and reward model outputs."""
-    ctx = _single(config, "ppo", f"{config.name}-ppo")
+def ppo_flow(config: PipelineConfig, data_uri: str, sft_uri: str, reward_uri: str,
+             force: bool = True) -> StageOutput:
+    """Rerun PPO alone on stored data prep, SFT and reward model outputs (`force=False`: reuse if stored)."""
+    ctx = _single(config, "ppo", f"{config.name}-ppo", force)
     out = ppo_task(config.ppo, config.data, load_output(ctx.store, data_uri), load_output(ctx.store, sft_uri),
                    load_output(ctx.store, reward_uri), ctx)
     ctx.tracker.finish(ctx.parent_run_id)

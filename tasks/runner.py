@@ -121,6 +121,7 @@ def _hash(config: Any, extra: dict[str, Any] | None) -> str:
     import json
 
     dumped = config.model_dump(mode="json")
-    dumped.get("compute", {}).pop("concurrency_limit", None)  # where a stage queues does not change what it makes
+    for key in ("concurrency_limit", "work_pool"):  # where a stage runs or queues does not change what it makes
+        dumped.get("compute", {}).pop(key, None)
     blob = json.dumps({"config": dumped, "extra": extra or {}}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()

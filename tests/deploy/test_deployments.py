@@ -96,25 +96,27 @@ def test_deploy_schedule_schema_and_a_run_from_the_ui(server):
     assert retrain["parameters"]["config"] == load_config("configs/demo.yaml").model_dump(mode="json")
 
     # The UI's Run button with a custom config: POST /deployments/{id}/create_flow_run with parameters.
+    # SFT goes to the gpu pool (its sft-adhoc deployment, run by a second worker); PPO holds the gpu slot.
     tiny = load_config("configs/tiny.yaml", [f"output_dir={tmp}/artifacts", f"state_dir={tmp}/state",
-                                             "ppo.compute.concurrency_limit=gpu"])  # PPO holds the gpu slot
+                                             "sft.compute.work_pool=gpu", "ppo.compute.concurrency_limit=gpu"])
     run = _api(base, f"/deployments/{retrain['id']}/create_flow_run",
                {"parameters": {"config": tiny.model_dump(mode="json")}})
-    worker = subprocess.Popen(PREFECT + ["worker", "start", "--pool", "cpu", "--run-once"], env=env, cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    deadline, state = time.time() + 400, None
-    while time.time() < deadline:
-        state = _api(base, f"/flow_runs/{run['id']}")["state"]
-        if state and state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-            break
-        time.sleep(2)
+    workers = [subprocess.Popen(PREFECT + ["worker", "start", "--pool", pool], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True) for pool in ("cpu", "gpu")]
+    deadline, state = time.time() + 500, None
     try:
-        worker.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(worker.pid, signal.SIGKILL)
-    log = worker.stdout.read()[-4000:]
-    assert state and state["type"] == "COMPLETED", log
-    assert (tmp / "state" / "mlflow.db").exists() or (tmp / "mlflow.db").exists()
+        while time.time() < deadline:
+            state = _api(base, f"/flow_runs/{run['id']}")["state"]
+            if state and state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                break
+            time.sleep(2)
+    finally:
+        for worker in workers:
+            os.killpg(worker.pid, signal.SIGTERM)
+        logs = [w.communicate(timeout=60)[0][-3000:] for w in workers]
+    assert state and state["type"] == "COMPLETED", logs
     assert any((tmp / "artifacts" / "ppo").iterdir())
+    stage_runs = _api(base, "/flow_runs/filter", {"work_pools": {"name": {"any_": ["gpu"]}}})
+    assert [(r["state"]["type"]) for r in stage_runs] == ["COMPLETED"]  # the SFT stage flow, on the gpu pool
     limit = _api(base, "/v2/concurrency_limits/gpu")
     assert limit["limit"] == 1 and limit["active_slots"] == 0  # taken by PPO, then given back

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from components.config.pipeline import PipelineConfig
 from tasks.context import open_context
-from tasks.feedback import labels_from_form, labels_task, pairs_task
+from tasks.feedback import labels_from_answers_task, labels_task, pairs_task, read_labels_task
 from tasks.output import StageOutput
 from tasks.runner import load_output
 
@@ -53,7 +53,7 @@ def feedback_flow(config: PipelineConfig, data_uri: str, policy_uri: str, baseli
     except FlowPauseTimeout:
         get_run_logger().warning("no answer within %ss; every pair counts as unanswered", timeout_s)
         choices = []
-    records, counts = labels_from_form(pairs, choices)
+    records, counts = labels_from_answers_task(pairs, choices)
     out = labels_task(records, counts, f"feedback flow run {ctx.parent_run_id}", ctx)
     ctx.tracker.finish(ctx.parent_run_id)
     get_run_logger().info("feedback: %s", counts)
@@ -63,8 +63,6 @@ def feedback_flow(config: PipelineConfig, data_uri: str, policy_uri: str, baseli
 @flow(name="feedback-import")
 def import_feedback_flow(config: PipelineConfig, path: str) -> StageOutput | None:
     """Validate a label file (JSONL or CSV) and store it like the feedback flow's labels."""
-    from tasks.feedback import read_labels_task
-
     ctx = open_context(config, f"{config.name}-feedback-import", set())
     records, counts = read_labels_task(path, ctx)
     out = labels_task(records, counts, f"import {path}", ctx)

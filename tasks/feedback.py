@@ -50,26 +50,11 @@ def labels_task(records: list[dict], counts: dict[str, int], origin: str, ctx: R
     return execute("feedback", VERSION, LabelSet(origin=origin, content=content), {}, compute, ctx)
 
 
-def labels_from_form(pairs: list[dict], choices: list[dict]) -> tuple[list[dict], dict[str, int]]:
-    """Preference records from the form's answers; unanswered ("skip") pairs and ties are dropped, counted."""
-    from components.feedback.labels import record_from_choice
+@task(name="labels-from-answers", cache_policy=NO_CACHE)
+def labels_from_answers_task(pairs: list[dict], answers: list[dict]) -> tuple[list[dict], dict[str, int]]:
+    from components.feedback.labels import labels_from_answers
 
-    by_pair = {c["pair"]: c for c in choices}
-    records, counts = [], {"pairs": len(pairs), "answered": 0, "ties": 0, "unanswered": 0}
-    for pair in pairs:
-        answer = by_pair.get(pair["pair"])
-        if answer is None or answer["choice"] == "skip":
-            counts["unanswered"] += 1
-            continue
-        counts["answered"] += 1
-        record = record_from_choice(pair["prompt"], pair["response_a"], pair["response_b"], answer["choice"],
-                                    answer.get("score"))
-        if record is None:
-            counts["ties"] += 1
-        else:
-            records.append(record)
-    counts["preferences"] = len(records)
-    return records, counts
+    return labels_from_answers(pairs, answers)
 
 
 @task(name="read-labels", cache_policy=NO_CACHE)

@@ -27,13 +27,33 @@ def _text(row: dict, key: str, source: str, line: int) -> str:
     return value
 
 
-def record_from_choice(prompt: str, a: str, b: str, choice: str, score=None) -> dict | None:
-    """{"prompt", "chosen", "rejected"[, "score"]} for choice A or B; None for a tie."""
+def add_choice(records: list[dict], counts: dict[str, int], prompt: str, a: str, b: str, choice: str,
+               score=None) -> None:
+    """Append {"prompt", "chosen", "rejected"[, "score"]} for choice A or B; count a tie instead."""
     choice = CHOICES[choice.strip().lower()]
     if choice == "tie":
-        return None
+        counts["ties"] += 1
+        return
     chosen, rejected = (a, b) if choice == "A" else (b, a)
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, **({"score": int(score)} if score else {})}
+    records.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,
+                    **({"score": int(score)} if score else {})})
+
+
+def labels_from_answers(pairs: list[dict], answers: list[dict]) -> tuple[list[dict], dict[str, int]]:
+    """Preference records from a form's answers ({"pair", "choice", "score"}); unanswered ("skip") pairs and
+    ties are dropped and counted."""
+    by_pair = {a["pair"]: a for a in answers}
+    records, counts = [], {"pairs": len(pairs), "answered": 0, "ties": 0, "unanswered": 0}
+    for pair in pairs:
+        answer = by_pair.get(pair["pair"])
+        if answer is None or answer["choice"] == "skip":
+            counts["unanswered"] += 1
+            continue
+        counts["answered"] += 1
+        add_choice(records, counts, pair["prompt"], pair["response_a"], pair["response_b"], answer["choice"],
+                   answer.get("score"))
+    counts["preferences"] = len(records)
+    return records, counts
 
 
 def read_label_file(path: str | Path, cache_dir: str | Path = ".rlhf/cache") -> tuple[list[dict], dict[str, int]]:
@@ -55,11 +75,7 @@ def read_label_file(path: str | Path, cache_dir: str | Path = ".rlhf/cache") -> 
         score = row.get("score")
         if score not in (None, "") and str(score).strip() not in {"1", "2", "3", "4", "5"}:
             raise DataError(rows.name, f"score {score!r} is not an integer from 1 to 5", line=line)
-        record = record_from_choice(prompt, a, b, choice, score or None)
-        if record is None:
-            counts["ties"] += 1
-        else:
-            records.append(record)
+        add_choice(records, counts, prompt, a, b, choice, score or None)
     counts["preferences"] = len(records)
     return records, counts
 

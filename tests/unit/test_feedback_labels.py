@@ -4,8 +4,7 @@ import json
 import pytest
 
 from components.errors import DataError
-from components.feedback.labels import read_label_file, write_dataset
-from tasks.feedback import labels_from_form
+from components.feedback.labels import labels_from_answers, read_label_file, write_dataset
 
 
 def _jsonl(path, rows):
@@ -52,7 +51,7 @@ def test_form_answers_drop_ties_and_unanswered_pairs():
     pairs = [{"pair": i, "prompt": "P", "response_a": f"a{i}", "response_b": f"b{i}"} for i in range(4)]
     choices = [{"pair": 0, "choice": "A", "score": None}, {"pair": 1, "choice": "B", "score": 5},
                {"pair": 2, "choice": "tie", "score": None}]  # pair 3 never answered
-    records, counts = labels_from_form(pairs, choices)
+    records, counts = labels_from_answers(pairs, choices)
     assert records == [{"prompt": "P", "chosen": "a0", "rejected": "b0"},
                        {"prompt": "P", "chosen": "b1", "rejected": "a1", "score": 5}]
     assert counts == {"pairs": 4, "answered": 3, "ties": 1, "unanswered": 1, "preferences": 2}

@@ -1,8 +1,9 @@
 """One Prefect task per stage: typed config + upstream StageOutputs in, one components call, StageOutput out.
 
 Caching is ours (tasks.runner), not Prefect's: a stored output is reused only if it still exists and verifies,
-which a Prefect cache record cannot know. So every task has `cache_policy=NO_CACHE` and no retries: the store's
-I/O retries with backoff itself, and a failed training stage is rerun, not retried blindly.
+which a Prefect cache record cannot know. So every task has `cache_policy=NO_CACHE`. Stage tasks have no retries
+(the store's I/O retries with backoff itself, and a failed training stage is rerun, not retried blindly); only
+the registry tasks, which are pure I/O, retry.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from components.reward.config import RewardConfig
 from components.sft.config import SFTConfig
 from tasks.launcher import run_launched
 from tasks.output import StageOutput
-from tasks.runner import RunContext, execute
+from tasks.runner import RunContext, execute, load_output
 
 VERSIONS = {"data": "1", "sft": "1", "reward": "1", "ppo": "1", "evaluate": "1"}
 
@@ -49,8 +50,6 @@ def sft_task(config: SFTConfig, max_length: int, data: StageOutput, ctx: RunCont
 @task(name="reward", version=VERSIONS["reward"], cache_policy=NO_CACHE)
 def reward_task(config: RewardConfig, max_length: int, data: StageOutput, sft: StageOutput,
                 ctx: RunContext) -> StageOutput:
-    from tasks.runner import load_output
-
     feedback = {f"feedback{i}": load_output(ctx.store, uri) for i, uri in enumerate(config.feedback)}
 
     def compute(inputs, out, stage_run):

@@ -5,19 +5,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from components.compute.net import free_port
 from components.errors import RLHFError
 from tasks.runner import StageRun
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_launched(stage: str, config, nproc: int, max_length: int, inputs: dict[str, Path], out: Path,
@@ -28,7 +22,7 @@ def run_launched(stage: str, config, nproc: int, max_length: int, inputs: dict[s
     side.mkdir(parents=True, exist_ok=True)
     (side / "config.json").write_text(config.model_dump_json())
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "-m", "tasks.launched", stage, "--stage-config", str(side / "config.json"),
+           f"--master_port={free_port()}", "-m", "tasks.launched", stage, "--stage-config", str(side / "config.json"),
            "--max-length", str(max_length), "--data", str(inputs["data"]), "--out", str(out),
            "--result", str(side / "result.json"), "--tracking-uri", stage_run.tracker.uri, "--run-id", stage_run.run_id]
     cmd += [f"--{name}={inputs[name]}" for name in ("sft", "reward") if name in inputs] + (["--gold"] if gold else [])

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import tempfile
 from importlib.metadata import version
-from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
@@ -16,8 +15,8 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in ("torch", "transformers", "tokenizers", "safetensors")]
 
 
-def register_policy(ctx: RunContext, ppo: StageOutput, name: str, alias: str, hf_dir: Path) -> str:
-    """Log `hf_dir` to the PPO stage's run as an mlflow.transformers model and register it under `name` with
+def register_policy(ctx: RunContext, ppo: StageOutput, name: str, alias: str) -> str:
+    """Log the PPO output (a HF directory, fetched from the store only when needed) to the PPO stage's run as an mlflow.transformers model and register it under `name` with
     `alias`. A PPO output registered before (same run) is not registered again. Returns the version."""
     client, run_id = ctx.tracker.client, ppo.mlflow_run_id
     try:
@@ -31,6 +30,7 @@ def register_policy(ctx: RunContext, ppo: StageOutput, name: str, alias: str, hf
         import mlflow.transformers  # slow to import: only when a new version is logged
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        hf_dir = ctx.store.fetch("ppo", ppo.cache_key)
         with tempfile.TemporaryDirectory() as tmp:
             model = {"model": AutoModelForCausalLM.from_pretrained(hf_dir), "tokenizer": AutoTokenizer.from_pretrained(hf_dir)}
             mlflow.transformers.save_model(model, f"{tmp}/model", task="text-generation",

@@ -125,7 +125,7 @@ def register_task(ppo: StageOutput, model_name: str, alias: str, ctx: RunContext
     cached pipeline does not add versions). Returns the version."""
     from tasks.registry import register_policy
 
-    return register_policy(ctx, ppo, model_name, alias, Path(ctx.store.fetch("ppo", ppo.cache_key)))
+    return register_policy(ctx, ppo, model_name, alias)
 
 
 def _prefect_report(out: Path, metrics: dict[str, float]) -> None:

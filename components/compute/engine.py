@@ -10,7 +10,6 @@ import contextlib
 import logging
 import os
 import random
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from components.compute.config import ComputeConfig
+from components.compute.net import free_port
 from components.io.atomic import atomic_dir
 from components.models.loading import save_pretrained
 
@@ -38,19 +38,13 @@ def is_rank0() -> bool:
     return world()[0] == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def init_distributed() -> None:
     """Start the process group once. A launcher's env vars are used as they are; otherwise a 1-process group."""
     if dist.is_initialized():
         return
     if "WORLD_SIZE" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
+                          MASTER_PORT=str(free_port()))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if is_rank0():
         log.info("starting DeepSpeed (%s, %s ranks); its first start on a machine compiles ops (1-2 min, cached)",

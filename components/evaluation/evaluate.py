@@ -21,7 +21,7 @@ from components.io.atomic import atomic_dir
 from components.models.config import ModelSpec
 from components.models.loading import causal_lm, disable_dropout, reward_model
 from components.ppo.models import Actor, response_logprobs, sequence_scores
-from components.ppo.rollout import RewardFn, decode_responses, left_pad, rollout
+from components.ppo.rollout import RewardFn, decode_responses, left_pad, rollout, sample_rows
 from components.sft.data import encode
 from components.sft.train import evaluate_loss
 
@@ -42,15 +42,10 @@ def sample(config: EvaluationConfig, lm, reference, scorer, tokenizer, prompts: 
         ids, mask = left_pad([tokenizer(prompts[i], add_special_tokens=False)["input_ids"] for i in chunk],
                              tokenizer.pad_token_id)
         batch = rollout(actor, lm, ids, mask, config.rollout, tokenizer)
-        responses = decode_responses(batch, tokenizer)
-        ref = response_logprobs(reference, batch.input_ids, batch.attention_mask, batch.n_response,
-                                config.rollout.temperature) * batch.response_mask
-        kl = (batch.logprobs - ref).sum(1)
+        batch.ref_logprobs = response_logprobs(reference, batch.input_ids, batch.attention_mask, batch.n_response,
+                                               config.rollout.temperature) * batch.response_mask
         scores = sequence_scores(scorer, batch.input_ids, batch.attention_mask, tokenizer.pad_token_id)
-        gold = gold_fn([prompts[i] for i in chunk], responses) if gold_fn else [None] * len(chunk)
-        rows += [{"prompt_index": i, "prompt": prompts[i], "response": r, "score": float(s), "gold": g,
-                  "kl": float(k), "length": int(n)}
-                 for i, r, s, g, k, n in zip(chunk, responses, scores, gold, kl, batch.response_mask.sum(1))]
+        rows += sample_rows(batch, decode_responses(batch, tokenizer), scores, chunk, prompts, gold_fn)
     return rows
 
 

@@ -18,7 +18,7 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def _inner(lm: nn.Module) -> nn.Module:
+def inner_model(lm: nn.Module) -> nn.Module:
     """The transformers model under a peft wrapper (adapters stay injected in its layers)."""
     return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
 
@@ -40,7 +40,7 @@ class Actor(nn.Module):
                 temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, R, V) predicting the last R tokens and values (B, R) of the states they are sampled in
         (None without a value head). input_ids and attention_mask are (B, P + R)."""
-        inner = _inner(self.lm)
+        inner = inner_model(self.lm)
         hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask,
                                   position_ids=position_ids(attention_mask)).last_hidden_state  # (B, T, H)
         hidden = hidden[:, -n_response - 1:-1]  # (B, R, H): the state before each response token

@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from components.ppo.config import RolloutConfig
-from components.ppo.models import Actor, response_logprobs, response_values, sequence_scores
+from components.ppo.models import Actor, inner_model, response_logprobs, response_values, sequence_scores
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
 
@@ -79,7 +79,7 @@ def rollout(actor: Actor, lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tenso
     trunk_out: list[torch.Tensor] = []
     hook = None
     if actor.v_head is not None:
-        trunk = lm.get_base_model().base_model if hasattr(lm, "get_base_model") else lm.base_model
+        trunk = inner_model(lm).base_model
         hook = trunk.register_forward_hook(lambda m, a, out: trunk_out.append(out.last_hidden_state[:, -1]))
     sample = config.temperature > 0
     try:
@@ -129,6 +129,17 @@ def score(batch: Rollout, ref_lm, critic, scorer, reward_fn: RewardFn | None, pr
     else:
         batch.scores = reward_fn(prompts, responses)  # checked and converted by rewards.check_scores
     return batch, responses
+
+
+def sample_rows(batch: Rollout, responses: list[str], scores, indices: list[int], texts: list[str],
+                gold_fn: RewardFn | None) -> list[dict]:
+    """One row per sample: prompt index and text, response, score, gold score (None without a gold scorer),
+    KL to the reference (summed k1 over the response; needs batch.ref_logprobs) and length."""
+    kl = ((batch.logprobs - batch.ref_logprobs) * batch.response_mask).sum(1)
+    gold = gold_fn([texts[i] for i in indices], responses) if gold_fn else [None] * len(indices)
+    return [{"prompt_index": i, "prompt": texts[i], "response": r, "score": float(s), "gold": g, "kl": float(k),
+             "length": int(n)}
+            for i, r, s, g, k, n in zip(indices, responses, scores, gold, kl, batch.response_mask.sum(1))]
 
 
 @torch.no_grad()

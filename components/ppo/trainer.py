@@ -22,7 +22,7 @@ from components.ppo.losses import (KL_ESTIMATORS, compute_gae, logprobs_and_entr
                                    masked_whiten, policy_loss, value_loss)
 from components.ppo.models import Actor, adapters_disabled, response_values
 from components.ppo.rewards import RunningMoments, check_scores, shape_scores, token_rewards
-from components.ppo.rollout import RewardFn, Rollout, left_pad, rollout, score
+from components.ppo.rollout import RewardFn, Rollout, left_pad, rollout, sample_rows, score
 from components.sft.data import collate, token_nll
 
 log = logging.getLogger(__name__)
@@ -224,12 +224,7 @@ class PPOTrainer:
             chunk = mine[start:start + self.config.batch_size]
             batch, responses = self.rollout_and_score([prompts[i] for i in chunk], [texts[i] for i in chunk],
                                                       salt=1000 + start)
-            kl = ((batch.logprobs - batch.ref_logprobs) * batch.response_mask).sum(1)
-            gold = gold_fn([texts[i] for i in chunk], responses) if gold_fn else [None] * len(chunk)
-            rows += [{"prompt_index": i, "prompt": texts[i], "response": resp, "score": float(s), "gold": g,
-                      "kl": float(k), "length": int(n)}
-                     for i, resp, s, g, k, n in zip(chunk, responses, batch.scores, gold, kl,
-                                                    batch.response_mask.sum(1))]
+            rows += sample_rows(batch, responses, batch.scores, chunk, texts, gold_fn)
         rows = _gather_rows(rows)
         metrics = {f"{k}_mean": float(np.mean([r[k] for r in rows])) for k in ("score", "kl", "length")}
         if gold_fn is not None:

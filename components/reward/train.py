@@ -72,8 +72,8 @@ def run(config: RewardConfig, data_dir: str | Path, out_dir: str | Path, max_len
 def evaluate_pairs(model, pairs: list[Pair], pad_id: int, batch_size: int, margin: float = 0.0) -> dict[str, float]:
     """Held-out pairwise loss and accuracy (agreement with the pair's label)."""
     chosen, rejected = [], []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
+    for first in range(0, len(pairs), batch_size):
+        chunk = pairs[first:first + batch_size]
         rewards = score_batch(model, [p[0] for p in chunk] + [p[1] for p in chunk], pad_id)
         r_c, r_r = rewards.chunk(2)
         chosen.append(r_c)

@@ -46,8 +46,8 @@ def run(config: SFTConfig, data_dir: str | Path, out_dir: str | Path, max_length
 def evaluate_loss(model, examples: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int) -> dict[str, float]:
     """Token-weighted mean NLL over completion tokens, and its perplexity."""
     total, count = 0.0, 0
-    for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start:start + batch_size], pad_id)
+    for first in range(0, len(examples), batch_size):
+        batch = collate(examples[first:first + batch_size], pad_id)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         nll, n = token_nll(logits, batch["labels"])
         total, count = total + nll.item(), count + n.item()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,8 +12,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 import yaml
 
+from components.compute.net import free_port
 from components.config.loading import load_config
 from components.config.pipeline import PipelineConfig
 
@@ -28,12 +29,6 @@ def test_prefect_yaml_is_rendered_from_the_demo_config():
     assert yaml.safe_load((ROOT / "prefect.yaml").read_text()) == render("configs/demo.yaml")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _api(base: str, path: str, body: dict | None = None):
     request = urllib.request.Request(f"{base}{path}", data=json.dumps(body).encode() if body is not None else None,
                                      headers={"Content-Type": "application/json"}, method="POST" if body is not None else "GET")
@@ -44,7 +39,7 @@ def _api(base: str, path: str, body: dict | None = None):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("prefect")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp}/prefect.db",
            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_UI_ENABLED": "false",

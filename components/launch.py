@@ -47,11 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         from components.reward.train import run
         metrics = run(config.reward, args.data, args.out, config.data.max_length, base_model=args.base, on_log=on_log)
     else:
-        from components.data.gold import gold_scores
+        from components.evaluation.gold import load_gold
         from components.ppo import run
-        gold = gold_scores if config.data.source == "demo" else None
         metrics = run(config.ppo, Path(args.data), args.out, args.base, args.reward_model, config.data.max_length,
-                      gold_fn=gold, on_log=on_log).metrics
+                      gold_fn=load_gold(config.gold_fn), on_log=on_log).metrics
     log.info("done: %s", json.dumps(metrics))
     return 0
 

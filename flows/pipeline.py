@@ -39,14 +39,16 @@ def rlhf_pipeline(config: PipelineConfig, force: list[str] | None = None,
         on_pool(config, "reward", ctx, data=outputs["data"], sft=outputs["sft"])
         outputs["reward"] = reward_task(config.reward, config.data.max_length, outputs["data"], outputs["sft"], ctx)
         on_pool(config, "ppo", ctx, data=outputs["data"], sft=outputs["sft"], reward=outputs["reward"])
-        outputs["ppo"] = ppo_task(config.ppo, config.data, outputs["data"], outputs["sft"], outputs["reward"], ctx)
+        outputs["ppo"] = ppo_task(config.ppo, config.data.max_length, config.gold_fn, outputs["data"], outputs["sft"],
+                                  outputs["reward"], ctx)
         model_name = config.tracking.model_name or f"{config.name}-policy"
         champion = champion_task(model_name, ctx)
-        outputs["evaluate"] = evaluate_task(config.evaluate, config.data, outputs["data"], outputs["sft"],
+        outputs["evaluate"] = evaluate_task(config.evaluate, config.data.max_length, config.gold_fn,
+                                            config.ppo.reward_model, outputs["data"], outputs["sft"],
                                             outputs["reward"], outputs["ppo"], champion, ctx)
         version = register_task(outputs["ppo"], model_name, config.tracking.alias, ctx)
         p = config.promotion
-        decision = gate_task(outputs["evaluate"], outputs["ppo"], champion, p.metric, p.margin)
+        decision = gate_task(outputs["evaluate"], outputs["ppo"], champion, config.promotion_metric, p)
         approved = ask_approval(decision, p.approval_timeout_s) if decision["promote"] and p.require_approval else True
         promotion = promote_task(decision, approved, version, model_name, ctx)
     except BaseException:
@@ -135,8 +137,8 @@ def ppo_flow(config: PipelineConfig, data_uri: str, sft_uri: str, reward_uri: st
              force: bool = True) -> StageOutput:
     """Rerun PPO alone on stored data prep, SFT and reward model outputs (`force=False`: reuse if stored)."""
     ctx = _single(config, "ppo", f"{config.name}-ppo", force)
-    out = ppo_task(config.ppo, config.data, load_output(ctx.store, data_uri), load_output(ctx.store, sft_uri),
-                   load_output(ctx.store, reward_uri), ctx)
+    out = ppo_task(config.ppo, config.data.max_length, config.gold_fn, *(load_output(ctx.store, u) for u in
+                                                                          (data_uri, sft_uri, reward_uri)), ctx)
     ctx.tracker.finish(ctx.parent_run_id)
     return out
 
@@ -145,7 +147,7 @@ def ppo_flow(config: PipelineConfig, data_uri: str, sft_uri: str, reward_uri: st
 def evaluate_flow(config: PipelineConfig, data_uri: str, sft_uri: str, reward_uri: str, ppo_uri: str) -> StageOutput:
     """Rerun the evaluation alone on stored outputs."""
     ctx = _single(config, "evaluate", f"{config.name}-evaluate")
-    out = evaluate_task(config.evaluate, config.data, *(load_output(ctx.store, u) for u in
-                                                        (data_uri, sft_uri, reward_uri, ppo_uri)), ctx)
+    out = evaluate_task(config.evaluate, config.data.max_length, config.gold_fn, config.ppo.reward_model,
+                        *(load_output(ctx.store, u) for u in (data_uri, sft_uri, reward_uri, ppo_uri)), None, ctx)
     ctx.tracker.finish(ctx.parent_run_id)
     return out

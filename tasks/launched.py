@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sft", help="SFT model dir (reward backbone, PPO initial policy)")
     parser.add_argument("--reward", help="reward model dir (PPO)")
     parser.add_argument("--feedback", action="append", default=[], help="feedback dataset dir (reward; repeatable)")
-    parser.add_argument("--gold", action="store_true", help="score held-out samples with the demo's gold scorer")
+    parser.add_argument("--gold", help="gold scorer (module:function) of held-out samples")
     parser.add_argument("--result", required=True, help="JSON file for the returned metrics (rank 0)")
     parser.add_argument("--tracking-uri", required=True)
     parser.add_argument("--run-id", required=True)
@@ -46,10 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         metrics = run(RewardConfig.model_validate_json(text), args.data, args.out, args.max_length,
                       base_model=args.sft, on_log=on_log, feedback_dirs=args.feedback)
     else:
-        from components.data.gold import gold_scores
+        from components.evaluation.gold import load_gold
         from components.ppo import PPOConfig, run
         metrics = run(PPOConfig.model_validate_json(text), Path(args.data), args.out, args.sft, args.reward,
-                      args.max_length, gold_fn=gold_scores if args.gold else None, on_log=on_log).metrics
+                      args.max_length, gold_fn=load_gold(args.gold), on_log=on_log).metrics
     if rank == 0:
         Path(args.result).write_text(json.dumps(metrics))
     return 0

@@ -15,7 +15,7 @@ from tasks.runner import StageRun
 
 
 def run_launched(stage: str, config, nproc: int, max_length: int, inputs: dict[str, Path], out: Path,
-                 stage_run: StageRun, gold: bool = False, feedback_dirs: list[Path] = ()) -> dict[str, float]:
+                 stage_run: StageRun, gold: str | None = None, feedback_dirs: list[Path] = ()) -> dict[str, float]:
     """torchrun `nproc` processes of `tasks.launched` on this node; returns rank 0's metrics. The stage run's id
     and tracking URI go down on the command line so rank 0 logs into the same MLflow run."""
     side = out.parent / f"{out.name}.launch"
@@ -25,7 +25,7 @@ def run_launched(stage: str, config, nproc: int, max_length: int, inputs: dict[s
            f"--master_port={free_port()}", "-m", "tasks.launched", stage, "--stage-config", str(side / "config.json"),
            "--max-length", str(max_length), "--data", str(inputs["data"]), "--out", str(out),
            "--result", str(side / "result.json"), "--tracking-uri", stage_run.tracker.uri, "--run-id", stage_run.run_id]
-    cmd += [f"--{name}={inputs[name]}" for name in ("sft", "reward") if name in inputs] + (["--gold"] if gold else [])
+    cmd += [f"--{name}={inputs[name]}" for name in ("sft", "reward") if name in inputs] + ([f"--gold={gold}"] if gold else [])
     cmd += [f"--feedback={d}" for d in feedback_dirs]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})

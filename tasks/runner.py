@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from components.compute.memory import PeakRSS
 from components.io.store import ArtifactStore, StoreError
 from tasks.output import StageOutput, cache_key
 from tasks.tracking import Tracker, flatten
@@ -72,13 +73,14 @@ def execute(stage: str, version: str, config: Any, parents: dict[str, StageOutpu
     shutil.rmtree(work, ignore_errors=True)
     work.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with _slots(getattr(config, "compute", None)):
+        with _slots(getattr(config, "compute", None)), PeakRSS() as memory:
             started = time.perf_counter()
             metrics = compute(inputs, work, StageRun(run_id, ctx.tracker))
-        metrics["stage/seconds"] = time.perf_counter() - started  # compute only: what the overhead is measured against
-        ctx.tracker.logger(run_id)(0, {"stage/seconds": metrics["stage/seconds"]})
+        stage_stats = {"stage/seconds": time.perf_counter() - started,  # compute only: what overhead is measured on
+                       "stage/peak_rss_mb": memory.peak_mb}  # this process and its children (torchrun ranks)
+        ctx.tracker.logger(run_id)(0, stage_stats)
         meta = {"version": version, "config_hash": config_hash, "parents": fingerprints, "mlflow_run_id": run_id,
-                "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}}
+                "metrics": {k: float(v) for k, v in {**metrics, **stage_stats}.items() if isinstance(v, (int, float))}}
         marker = ctx.store.put(work, stage, key, meta)
     except BaseException:
         ctx.tracker.finish(run_id, ok=False)

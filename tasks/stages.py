@@ -14,7 +14,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from components.data.config import DataConfig
-from components.evaluation.config import EvaluationConfig
+from components.evaluation.config import EvaluationConfig, PromotionConfig
+from components.models.config import ScorerSpec
 from components.ppo.config import PPOConfig
 from components.reward.config import RewardConfig
 from components.sft.config import SFTConfig
@@ -65,46 +66,45 @@ def reward_task(config: RewardConfig, max_length: int, data: StageOutput, sft: S
 
 
 @task(name="ppo", version=VERSIONS["ppo"], cache_policy=NO_CACHE)
-def ppo_task(config: PPOConfig, data_config: DataConfig, data: StageOutput, sft: StageOutput, reward: StageOutput,
-             ctx: RunContext) -> StageOutput:
-    from components.data.gold import gold_scores
-
-    gold = gold_scores if data_config.source == "demo" else None  # the demo's scorer; real data has none
-
+def ppo_task(config: PPOConfig, max_length: int, gold: str | None, data: StageOutput, sft: StageOutput,
+             reward: StageOutput, ctx: RunContext) -> StageOutput:
+    """PPO from the SFT model, scored by the reward stage's model (or ppo.reward_model); held-out samples are
+    scored by the gold scorer `gold` (module:function) when there is one."""
     def compute(inputs, out, stage_run):
         if config.compute.num_processes > 1:
-            return run_launched("ppo", config, config.compute.num_processes, data_config.max_length, inputs, out,
-                                stage_run, gold=gold is not None)
+            return run_launched("ppo", config, config.compute.num_processes, max_length, inputs, out,
+                                stage_run, gold=gold)
+        from components.evaluation.gold import load_gold
         from components.ppo import run
 
         def on_samples(iteration: int, rows: list[dict]) -> None:  # a table per PPO evaluation
             ctx.tracker.log_table(stage_run.run_id, rows, f"samples/iteration_{iteration:05d}.json")
 
-        result = run(config, inputs["data"], out, inputs["sft"], inputs["reward"], data_config.max_length,
-                     gold_fn=gold, on_log=stage_run.on_log, on_samples=on_samples)
+        result = run(config, inputs["data"], out, inputs["sft"], inputs["reward"], max_length,
+                     gold_fn=load_gold(gold), on_log=stage_run.on_log, on_samples=on_samples)
         return result.metrics
 
     return execute("ppo", VERSIONS["ppo"], config, {"data": data, "sft": sft, "reward": reward}, compute, ctx,
-                   {"data.max_length": data_config.max_length, "gold": gold is not None})
+                   {"data.max_length": max_length, "gold": gold})
 
 
 @task(name="evaluate", version=VERSIONS["evaluate"], cache_policy=NO_CACHE)
-def evaluate_task(config: EvaluationConfig, data_config: DataConfig, data: StageOutput, sft: StageOutput,
-                  reward: StageOutput, ppo: StageOutput, champion: StageOutput | None, ctx: RunContext) -> StageOutput:
-    """The policy against SFT and, when the registry has one, the champion (its fingerprint joins the key)."""
-    from components.data.gold import gold_scores
-
-    gold = gold_scores if data_config.source == "demo" else None
+def evaluate_task(config: EvaluationConfig, max_length: int, gold: str | None, scorer: ScorerSpec | None,
+                  data: StageOutput, sft: StageOutput, reward: StageOutput, ppo: StageOutput,
+                  champion: StageOutput | None, ctx: RunContext) -> StageOutput:
+    """The policy against SFT and, when the registry has one, the champion (its fingerprint joins the key),
+    scored by the reward model PPO used (`scorer`, i.e. ppo.reward_model, else the reward stage's model)."""
     parents = {"data": data, "sft": sft, "reward": reward, "ppo": ppo}
     if champion is not None and champion.fingerprint != ppo.fingerprint:
         parents["champion"] = champion
 
     def compute(inputs, out, stage_run):
         from components.evaluation.evaluate import run
+        from components.evaluation.gold import load_gold
 
         baselines = {"sft": inputs["sft"], **({"champion": inputs["champion"]} if "champion" in inputs else {})}
-        metrics = run(config, inputs["data"], inputs["ppo"], baselines, inputs["reward"], out,
-                      data_config.max_length, gold_fn=gold)
+        metrics = run(config, inputs["data"], inputs["ppo"], baselines,
+                      scorer or ScorerSpec(name_or_path=str(inputs["reward"])), out, max_length, gold_fn=load_gold(gold))
         if metrics.get("reward_hacking"):
             ctx.tracker.tag(stage_run.run_id, {"rlhf.reward_hacking": "flagged"})
         stage_run.on_log(0, metrics)
@@ -116,7 +116,8 @@ def evaluate_task(config: EvaluationConfig, data_config: DataConfig, data: Stage
         return metrics
 
     return execute("evaluate", VERSIONS["evaluate"], config, parents, compute, ctx,
-                   {"data.max_length": data_config.max_length, "gold": gold is not None})
+                   {"data.max_length": max_length, "gold": gold,
+                    "scorer": scorer.model_dump(mode="json") if scorer else None})
 
 
 @task(name="register-policy", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
@@ -147,13 +148,14 @@ def champion_task(model_name: str, ctx: RunContext) -> StageOutput | None:
 
 @task(name="gate", cache_policy=NO_CACHE)
 def gate_task(evaluation: StageOutput, ppo: StageOutput, champion: StageOutput | None, metric: str,
-              margin: float) -> dict:
-    """Does the candidate beat the champion? (A plain decision; `promote_task` acts on it.)"""
+              promotion: PromotionConfig) -> dict:
+    """Does the candidate beat SFT and the champion? (A plain decision; `promote_task` acts on it.)"""
     from components.evaluation.gate import decide
 
     if champion is not None and champion.fingerprint == ppo.fingerprint:
         return {"promote": False, "reason": "the candidate already is the champion"}
-    decision = decide(evaluation.metrics, metric, margin)
+    decision = decide(evaluation.metrics, metric, promotion.margin, promotion.sft_margin,
+                      promotion.min_win_rate_vs_sft)
     return {"promote": decision.promote, "reason": decision.reason, "candidate": decision.candidate,
             "champion": decision.champion}
 

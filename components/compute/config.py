@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from components.config.base import StrictModel
+from components.models.lora import LoRAConfig
 
 
 class ComputeConfig(StrictModel):
@@ -18,6 +19,8 @@ class ComputeConfig(StrictModel):
     micro_batch_size: int = Field(16, ge=1, description="Examples per forward pass on each process.")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro batches summed before each optimizer step.")
     gradient_clipping: float = Field(1.0, ge=0.0, description="Clip the global gradient norm to this value; 0 disables.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less memory, "
+                                         "about a third more compute.")
     num_processes: int = Field(1, ge=1, description="Processes (GPUs) on this node; above 1 the pipeline runs the "
                                "stage through torchrun, with rank 0 logging into the stage's MLflow run.")
     work_pool: str | None = Field(None, description="Run this stage on that Prefect work pool (through its "
@@ -46,3 +49,5 @@ class TrainingConfig(StrictModel):
     eval_every: int = Field(50, ge=1, description="Evaluate on held-out data every N optimizer steps.")
     log_every: int = Field(10, ge=1, description="Report training metrics every N optimizer steps.")
     seed: int = Field(0, description="Seed for init, shuffling and dropout.")
+    lora: LoRAConfig | None = Field(None, description="Train LoRA adapters (peft) instead of all weights; the output "
+                                    "is the merged model. Same shape as ppo.lora.")

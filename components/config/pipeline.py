@@ -6,6 +6,7 @@ from pydantic import Field, model_validator
 from components.config.base import StrictModel
 from components.data.config import DataConfig
 from components.evaluation.config import EvaluationConfig, PromotionConfig
+from components.evaluation.gold import DEMO_GOLD
 from components.ppo.config import PPOConfig
 from components.reward.config import RewardConfig
 from components.sft.config import SFTConfig
@@ -47,3 +48,22 @@ class PipelineConfig(StrictModel):
             raise ValueError(f"sft.model.arch.max_positions={arch.max_positions} is shorter than data.max_prompt_length"
                              f" + ppo.rollout.max_new_tokens = {need}")
         return self
+
+    @model_validator(mode="after")
+    def _gold_exists(self) -> "PipelineConfig":
+        if self.promotion.metric == "gold_mean" and self.gold_fn is None:
+            raise ValueError("promotion.metric: gold_mean needs a gold scorer: data.source: demo or evaluate.gold_fn "
+                             "(or use score_mean / auto)")
+        return self
+
+    @property
+    def gold_fn(self) -> str | None:
+        """The gold scorer as module:function: `evaluate.gold_fn`, else the demo's with demo data, else None."""
+        return self.evaluate.gold_fn or (DEMO_GOLD if self.data.source == "demo" else None)
+
+    @property
+    def promotion_metric(self) -> str:
+        """The metric the gate compares (`auto` resolved by whether a gold scorer exists)."""
+        if self.promotion.metric != "auto":
+            return self.promotion.metric
+        return "gold_mean" if self.gold_fn else "score_mean"

@@ -28,6 +28,10 @@ class DemoDataConfig(StrictModel):
     n_eval_prompts: int = Field(64, ge=1, description="Held-out prompts for policy evaluation.")
     label_noise: float = Field(0.1, ge=0.0, lt=0.5, description="Fraction of training pairs whose label is flipped.")
     vocab_size: int = Field(1024, ge=300, le=65536, description="Size of the BPE tokenizer trained on the corpus.")
+    tokenizer: str | None = Field(None, description="Use this tokenizer (hub id, dir, s3:// dir, .gguf) instead of "
+                                  "training one, e.g. the pretrained model's own.")
+    chat: bool = Field(False, description="Render the task as chat turns (TRL's conversational format) with the "
+                       "tokenizer's chat template.")
 
 
 class FilesDataConfig(StrictModel):

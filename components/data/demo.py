@@ -94,3 +94,16 @@ def preference_pairs(rng: random.Random, n: int, held_out: bool, label_noise: fl
 def eval_prompts(rng: random.Random, n: int) -> list[dict]:
     names = titles(rng, held_out=True)
     return [{"prompt": prompt_for(names[i % len(names)])} for i in rng.sample(range(10 * n), n)]
+
+
+def as_chat(records: list[dict]) -> list[dict]:
+    """The same records in TRL's conversational format: the prompt as a user turn, each response (completion,
+    chosen, rejected) as an assistant turn."""
+    rows = []
+    for r in records:
+        row = {"prompt": [{"role": "user", "content": r["prompt"].strip()}]}
+        for key in ("completion", "chosen", "rejected"):
+            if key in r:
+                row[key] = [{"role": "assistant", "content": r[key].strip()}]
+        rows.append(row)
+    return rows

@@ -80,14 +80,28 @@ def _split_chat(prompt: str | list, completion: str | list, tokenizer, name: str
     full = render_chat(tokenizer, prompt + completion, add_generation_prompt=False)
     if not full.startswith(head):
         raise DataError(name, "the chat template does not render the prompt as a prefix of the conversation", line)
-    return head, full[len(head):]
+    return head, end_at_eos(full[len(head):], tokenizer)
+
+
+def end_at_eos(completion: str, tokenizer) -> str:
+    """The completion up to its closing EOS: a template's text after the turn's end (SmolLM2's '\n' after
+    <|im_end|>) is never generated (generation stops at EOS), so it is neither trained on nor scored."""
+    eos = tokenizer.eos_token
+    stripped = completion.rstrip()
+    return stripped if eos and stripped.endswith(eos) else completion
 
 
 def _prompt_completion(row, tok, name, line):
     p = _text_or_chat(row["prompt"], tok, name, line, "prompt")
     c = _text_or_chat(row["completion"], tok, name, line, "completion")
     prompt, completion = _split_chat(p, c, tok, name, line)
-    return [{"prompt": prompt, "completion": completion}]
+    return [_with_messages({"prompt": prompt, "completion": completion}, p)]
+
+
+def _with_messages(record: dict, prompt) -> dict:
+    """Keep a conversational prompt's messages beside its rendered text: a scorer with its own chat template
+    renders them, and length limits cut a message's content, never the template."""
+    return {**record, "prompt_messages": prompt} if isinstance(prompt, list) else record
 
 
 def _messages(row, tok, name, line):
@@ -95,7 +109,7 @@ def _messages(row, tok, name, line):
     if isinstance(msgs, str) or msgs[-1]["role"] != "assistant" or len(msgs) < 2:
         raise DataError(name, "'messages' needs at least two messages, the last from the assistant", line)
     prompt, completion = _split_chat(msgs[:-1], msgs[-1:], tok, name, line)
-    return [{"prompt": prompt, "completion": completion}]
+    return [_with_messages({"prompt": prompt, "completion": completion}, msgs[:-1])]
 
 
 def _preference(row, tok, name, line):
@@ -104,7 +118,7 @@ def _preference(row, tok, name, line):
     rj = _text_or_chat(row["rejected"], tok, name, line, "rejected")
     prompt, chosen = _split_chat(p, ch, tok, name, line)
     _, rejected = _split_chat(p, rj, tok, name, line)
-    return [{"prompt": prompt, "chosen": chosen, "rejected": rejected}]
+    return [_with_messages({"prompt": prompt, "chosen": chosen, "rejected": rejected}, p)]
 
 
 def _hh(row, tok, name, line):
@@ -129,7 +143,7 @@ def _ranking(row, tok, name, line):
 
 def _prompt(row, tok, name, line):
     p = _text_or_chat(row["prompt"], tok, name, line, "prompt")
-    return [{"prompt": p if isinstance(p, str) else render_chat(tok, p, add_generation_prompt=True)}]
+    return [_with_messages({"prompt": p if isinstance(p, str) else render_chat(tok, p, add_generation_prompt=True)}, p)]
 
 
 _CONVERT = {"prompt_completion": _prompt_completion, "messages": _messages, "preference": _preference,

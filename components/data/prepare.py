@@ -16,9 +16,9 @@ from pathlib import Path
 
 from components.data import demo
 from components.data.config import DataConfig, DatasetSource
-from components.data.formats import PREFERENCE_FORMATS, SFT_FORMATS, to_records
+from components.data.formats import PREFERENCE_FORMATS, SFT_FORMATS, render_chat, to_records
 from components.data.manifest import read_manifest, tree_sha256, write_manifest
-from components.data.sources import read_rows
+from components.data.sources import Rows, read_rows
 from components.data.tokenizer import train_bpe
 from components.errors import DataError
 from components.io.atomic import atomic_dir
@@ -63,13 +63,21 @@ def _demo(config: DataConfig):
         "preference_eval": demo.preference_pairs(rng, d.n_pref_eval, held_out=True, label_noise=0.0),
         "eval_prompts": demo.eval_prompts(rng, d.n_eval_prompts),
     }
-    corpus = [r["prompt"] + r["completion"] for r in splits["sft_train"]]
-    corpus += [r["prompt"] + r[k] for r in splits["preference_train"] for k in ("chosen", "rejected")]
-    tokenizer = train_bpe(corpus, d.vocab_size)
-    dropped = {}
+    if d.tokenizer:  # a pretrained model's tokenizer (and chat template)
+        tokenizer = load_tokenizer(d.tokenizer, field="data.demo.tokenizer", cache_dir=config.cache_dir)
+    else:
+        corpus = [r["prompt"] + r["completion"] for r in splits["sft_train"]]
+        corpus += [r["prompt"] + r[k] for r in splits["preference_train"] for k in ("chosen", "rejected")]
+        tokenizer = train_bpe(corpus, d.vocab_size)
+    numbered, dropped = {}, {}
     for name in SPLITS:
-        numbered = list(enumerate(splits[name], start=1))
-        splits[name], dropped[name] = _check_prompts(numbered, f"demo:{name}", tokenizer, config)
+        numbered[name] = list(enumerate(splits[name], start=1))
+        if d.chat:  # through the same TRL-format reader as users' files
+            rows = Rows(f"demo:{name}", demo.as_chat(splits[name]), [n for n, _ in numbered[name]])
+            numbered[name] = to_records(rows, "auto", _ALL_FORMATS, tokenizer)
+    longest = max(_n_tokens(tokenizer, r["prompt"]) for records in numbered.values() for _, r in records)
+    for name in SPLITS:
+        splits[name], dropped[name] = _check_prompts(numbered[name], f"demo:{name}", tokenizer, config, longest)
     return splits, tokenizer, {"source": "demo", "label_noise": d.label_noise, "dropped_long_prompts": dropped}
 
 
@@ -96,7 +104,8 @@ def _files(config: DataConfig):
         pref_train, pref_eval = _hold_out(pref_train, rng)
     prompts = read("eval_prompts", f.eval_prompts, _ALL_FORMATS) if f.eval_prompts else sft_eval
     splits = {"sft_train": sft_train, "sft_eval": sft_eval, "preference_train": pref_train,
-              "preference_eval": pref_eval, "eval_prompts": [{"prompt": r["prompt"]} for r in prompts]}
+              "preference_eval": pref_eval,
+              "eval_prompts": [{k: r[k] for k in ("prompt", "prompt_messages") if k in r} for r in prompts]}
     sources = {k: v.path for k, v in f if isinstance(v, DatasetSource)}
     return splits, tokenizer, {"source": "files", "sources": sources, "tokenizer": f.tokenizer,
                                "dropped_long_prompts": dropped}
@@ -112,21 +121,64 @@ def _hold_out(records: list[dict], rng: random.Random, fraction: float = 0.05) -
     return [records[i] for i in order[n_eval:]], [records[i] for i in order[:n_eval]]
 
 
-def _check_prompts(numbered: list[tuple[int, dict]], name: str, tokenizer, config: DataConfig):
-    """Apply `prompt_length_policy` to prompts longer than `max_prompt_length` tokens; returns (records, n_dropped)."""
-    limit, out, dropped = config.max_prompt_length, [], 0
-    for line, record in numbered:
-        ids = tokenizer(record["prompt"], add_special_tokens=False)["input_ids"]
-        if len(ids) > limit:
-            if config.prompt_length_policy == "error":
-                raise DataError(name, f"prompt is {len(ids)} tokens, longer than data.max_prompt_length={limit} "
-                                      "(set data.prompt_length_policy to 'truncate' or 'drop' to allow it)", line)
-            if config.prompt_length_policy == "drop":
-                dropped += 1
-                continue
-            record = {**record, "prompt": tokenizer.decode(ids[-limit:])}
+def _check_prompts(numbered: list[tuple[int, dict]], name: str, tokenizer, config: DataConfig,
+                   longest: int | None = None):
+    """Apply `prompt_length_policy` to prompts over `max_prompt_length` tokens, counted as the model sees them
+    (with the chat template's tokens). Truncation keeps the end of the last user message and the whole template.
+    `longest` (every split's longest prompt) is what the error suggests; default: this source's. Returns
+    (records, n_dropped)."""
+    limit, policy = config.max_prompt_length, config.prompt_length_policy
+    lengths = [_n_tokens(tokenizer, r["prompt"]) for _, r in numbered]
+    scope = "of the dataset" if longest else "of this file"
+    longest = longest or max(lengths, default=0)
+    if policy == "error" and max(lengths, default=0) > limit:
+        line, record = next(numbered[i] for i, n in enumerate(lengths) if n > limit)
+        n, messages = _n_tokens(tokenizer, record["prompt"]), record.get("prompt_messages")
+        what = (f"templated prompt is {n} tokens ({_template_tokens(tokenizer, messages)} of them the chat "
+                "template)" if messages else f"prompt is {n} tokens")
+        raise DataError(name, f"{what}, longer than data.max_prompt_length={limit}; data.max_prompt_length="
+                              f"{longest} fits every prompt {scope} (or set data.prompt_length_policy "
+                              "to 'truncate' or 'drop')", line)
+    out, dropped = [], 0
+    for (line, record), n in zip(numbered, lengths):
+        if n > limit and policy == "drop":
+            dropped += 1
+            continue
+        if n > limit:
+            record = _truncate(tokenizer, record, limit, name, line)
         out.append(record)
     return out, dropped
+
+
+def _n_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _template_tokens(tokenizer, messages: list[dict]) -> int:
+    """Tokens the chat template adds around the messages' contents."""
+    empty = [{**m, "content": ""} for m in messages]
+    return _n_tokens(tokenizer, render_chat(tokenizer, empty, add_generation_prompt=True))
+
+
+def _truncate(tokenizer, record: dict, limit: int, name: str, line: int) -> dict:
+    """The record with its prompt cut to `limit` tokens: a plain prompt keeps its last tokens; a templated one
+    keeps the template and the end of its last user message's content."""
+    messages = record.get("prompt_messages")
+    if not messages:
+        ids = tokenizer(record["prompt"], add_special_tokens=False)["input_ids"]
+        return {**record, "prompt": tokenizer.decode(ids[-limit:])}
+    at = max(i for i, m in enumerate(messages) if m["role"] == "user") if any(
+        m["role"] == "user" for m in messages) else len(messages) - 1
+    content = tokenizer(messages[at]["content"], add_special_tokens=False)["input_ids"]
+    keep = len(content) - (_n_tokens(tokenizer, record["prompt"]) - limit)
+    while keep > 0:
+        cut = [*messages[:at], {**messages[at], "content": tokenizer.decode(content[-keep:])}, *messages[at + 1:]]
+        prompt = render_chat(tokenizer, cut, add_generation_prompt=True)
+        if _n_tokens(tokenizer, prompt) <= limit:
+            return {**record, "prompt": prompt, "prompt_messages": cut}
+        keep -= 1
+    raise DataError(name, f"the chat template alone is {_template_tokens(tokenizer, messages)} tokens, over "
+                          f"data.max_prompt_length={limit}: no content fits; raise data.max_prompt_length", line)
 
 
 def write_jsonl(path: str | Path, records: list[dict]) -> None:

@@ -18,10 +18,11 @@ from components.evaluation import report
 from components.evaluation.gate import reward_hacking
 from components.evaluation.metrics import distinct_n, per_prompt_means, win_rate
 from components.io.atomic import atomic_dir
-from components.models.config import ModelSpec
-from components.models.loading import causal_lm, disable_dropout, reward_model
-from components.ppo.models import Actor, response_logprobs, sequence_scores
+from components.models.config import ModelSpec, ScorerSpec
+from components.models.loading import causal_lm, disable_dropout
+from components.ppo.models import Actor, response_logprobs
 from components.ppo.rollout import RewardFn, decode_responses, left_pad, rollout, sample_rows
+from components.reward.scoring import Scorer, load_scorer
 from components.sft.data import encode
 from components.sft.train import evaluate_loss
 
@@ -31,8 +32,8 @@ def _load(path: str | Path, tokenizer, kind):
 
 
 @torch.no_grad()
-def sample(config: EvaluationConfig, lm, reference, scorer, tokenizer, prompts: list[str],
-           gold_fn: RewardFn | None) -> list[dict]:
+def sample(config: EvaluationConfig, lm, reference, scorer: Scorer, tokenizer, prompts: list[str],
+           gold_fn: RewardFn | None, messages: list | None = None) -> list[dict]:
     """One row per (prompt, sample): response, reward-model score, gold score, KL to the reference, length."""
     actor, rows = Actor(lm, value_head=False), []
     indices = [i for i in range(len(prompts)) for _ in range(config.samples_per_prompt)]
@@ -44,8 +45,10 @@ def sample(config: EvaluationConfig, lm, reference, scorer, tokenizer, prompts: 
         batch = rollout(actor, lm, ids, mask, config.rollout, tokenizer)
         batch.ref_logprobs = response_logprobs(reference, batch.input_ids, batch.attention_mask, batch.n_response,
                                                config.rollout.temperature) * batch.response_mask
-        scores = sequence_scores(scorer, batch.input_ids, batch.attention_mask, tokenizer.pad_token_id)
-        rows += sample_rows(batch, decode_responses(batch, tokenizer), scores, chunk, prompts, gold_fn)
+        responses = decode_responses(batch, tokenizer)
+        scores = scorer(batch.input_ids, batch.attention_mask, [prompts[i] for i in chunk], responses, batch.has_eos,
+                        [messages[i] for i in chunk] if messages else None)
+        rows += sample_rows(batch, responses, scores, chunk, prompts, gold_fn)
     return rows
 
 
@@ -62,17 +65,20 @@ def summarize(rows: list[dict], has_gold: bool) -> dict[str, float]:
 
 
 def run(config: EvaluationConfig, data_dir: str | Path, policy_dir: str | Path, baselines: dict[str, str | Path],
-        reward_dir: str | Path, out_dir: str | Path, max_length: int, gold_fn: RewardFn | None = None) -> dict:
+        scorer_spec: ScorerSpec, out_dir: str | Path, max_length: int, gold_fn: RewardFn | None = None) -> dict:
     """Evaluate `policy_dir` and each baseline (name -> model dir; "sft" is also the KL reference) on the
-    eval_prompts split; write report.json and samples.jsonl to `out_dir` atomically; return flat metrics."""
+    eval_prompts split, scored by `scorer_spec` (the reward model PPO used); write report.json and samples.jsonl
+    to `out_dir` atomically; return flat metrics."""
     tokenizer = load_data_tokenizer(data_dir)
-    prompts = [r["prompt"] for r in read_split(data_dir, "eval_prompts")]
+    records = read_split(data_dir, "eval_prompts")
+    prompts, messages = [r["prompt"] for r in records], [r.get("prompt_messages") for r in records]
     sft_eval = [encode(tokenizer, r["prompt"], r["completion"], max_length) for r in read_split(data_dir, "sft_eval")]
-    reference, scorer = _load(baselines["sft"], tokenizer, causal_lm), _load(reward_dir, tokenizer, reward_model)
+    reference = _load(baselines["sft"], tokenizer, causal_lm)
+    scorer = load_scorer(scorer_spec, tokenizer, "evaluate scorer")
     metrics, all_rows, per_model = {}, [], {}
     for name, path in {"policy": policy_dir, **baselines}.items():
         lm = _load(path, tokenizer, causal_lm)
-        rows = sample(config, lm, reference, scorer, tokenizer, prompts, gold_fn)
+        rows = sample(config, lm, reference, scorer, tokenizer, prompts, gold_fn, messages)
         per_model[name] = rows
         summary = summarize(rows, gold_fn is not None)
         with torch.no_grad():

@@ -27,15 +27,26 @@ class ArchSpec(StrictModel):
 
 
 class ModelSpec(StrictModel):
-    """Exactly one of `name_or_path` (hub id, local dir, s3:// dir) or `arch` (build from scratch)."""
+    """Exactly one of `name_or_path` (hub id, local dir, s3:// dir, .gguf file) or `arch` (build from scratch)."""
 
-    name_or_path: str | None = Field(None, description="HF hub id, local save_pretrained dir, or s3://bucket/prefix dir.")
+    name_or_path: str | None = Field(None, description="HF hub id, local save_pretrained dir, s3://bucket/prefix "
+                                     "dir, or a .gguf file (imported once into the cache).")
     arch: ArchSpec | None = Field(None, description="Architecture to build with random weights instead of loading.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when loading a hub id.")
     trust_remote_code: bool = Field(False, description="Allow code from the model repository to run. Off by default.")
+    resize_embeddings: bool = Field(False, description="Add (random) embedding rows when the tokenizer has more "
+                                    "tokens than the model; off: that mismatch is an error.")
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelSpec":
         if (self.name_or_path is None) == (self.arch is None):
             raise ValueError("set exactly one of name_or_path or arch")
         return self
+
+
+class ScorerSpec(ModelSpec):
+    """A trained sequence classifier used as the reward: a reward model (one label) or an off-the-shelf
+    classifier whose `label_index` logit means "good" (e.g. the positive class of a sentiment model)."""
+
+    label_index: int | str | None = Field(None, description="Logit read as the reward, by index or label name "
+                                          "(e.g. POSITIVE); required when the model has more than one label.")

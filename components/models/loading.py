@@ -1,7 +1,8 @@
 """Load or build models and tokenizers; save them as `save_pretrained` directories (safetensors).
 
-A `name_or_path` is, in order: an s3:// prefix (downloaded to the cache), an existing local directory,
-a path-looking string that does not exist (an error naming the field), or a Hugging Face hub id.
+A `name_or_path` is, in order: an s3:// prefix (downloaded to the cache), an existing local directory, a `.gguf`
+file (imported once into the cache as a save_pretrained dir), a path-looking string that does not exist (an error
+naming the field), or a Hugging Face hub id.
 """
 from __future__ import annotations
 
@@ -23,11 +24,23 @@ def resolve(name_or_path: str, field: str, cache_dir: str | Path = ".rlhf/cache"
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return str(path)
+    if path.is_file() and path.suffix == ".gguf":
+        return str(_imported_gguf(path, Path(cache_dir)))
     if path.exists():
         raise ModelLoadError(f"{field}: {name_or_path} is a file; expected a save_pretrained directory")
     if name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1:
         raise ModelLoadError(f"{field}: model directory {name_or_path} does not exist")
     return name_or_path  # a hub id such as "gpt2" or "org/name"
+
+
+def _imported_gguf(path: Path, cache_dir: Path) -> Path:
+    """The save_pretrained dir imported from a GGUF file, keyed by its name and size (imported on first use)."""
+    from components.models.gguf import import_gguf
+
+    out = cache_dir / "gguf" / f"{path.stem}-{path.stat().st_size}"
+    if not (out / "config.json").is_file():
+        import_gguf(path, out)
+    return out
 
 
 def load_tokenizer(name_or_path: str, field: str = "tokenizer", trust_remote_code: bool = False,
@@ -67,8 +80,15 @@ def _from_pretrained(auto_cls, spec: ModelSpec, field: str, cache_dir, **kwargs)
         raise ModelLoadError(f"{field}.name_or_path: cannot load {spec.name_or_path!r}: {exc}") from exc
 
 
-def _fit_vocab(model: PreTrainedModel, tokenizer) -> PreTrainedModel:
-    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+def _fit_vocab(model: PreTrainedModel, tokenizer, spec: ModelSpec, field: str) -> PreTrainedModel:
+    """A pretrained model keeps its embeddings: a tokenizer with more tokens than the model has rows is an error
+    unless `resize_embeddings` is set (new rows are random, so only training can give them meaning)."""
+    rows = model.get_input_embeddings().num_embeddings
+    if rows < len(tokenizer):
+        if not spec.resize_embeddings:
+            raise ModelLoadError(f"{field}: the tokenizer has {len(tokenizer)} tokens but {spec.name_or_path!r} has "
+                                 f"{rows} embedding rows; use the model's own tokenizer, or set "
+                                 f"{field}.resize_embeddings: true to add (randomly initialised) rows")
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     return model
@@ -78,15 +98,36 @@ def causal_lm(spec: ModelSpec, tokenizer, field: str, cache_dir: str | Path = ".
     """A causal LM loaded from `spec.name_or_path` or built from `spec.arch` (random init; seed first)."""
     if spec.arch is not None:
         return AutoModelForCausalLM.from_config(_arch_config(spec.arch, tokenizer, None))
-    return _fit_vocab(_from_pretrained(AutoModelForCausalLM, spec, field, cache_dir), tokenizer)
+    return _fit_vocab(_from_pretrained(AutoModelForCausalLM, spec, field, cache_dir), tokenizer, spec, field)
 
 
 def reward_model(spec: ModelSpec, tokenizer, field: str, cache_dir: str | Path = ".rlhf/cache") -> PreTrainedModel:
-    """`AutoModelForSequenceClassification(num_labels=1)` on any backbone; a causal-LM dir keeps its trunk."""
+    """`AutoModelForSequenceClassification(num_labels=1)` to train on any backbone; a causal-LM dir keeps its
+    trunk and gets a new scalar head."""
     if spec.arch is not None:
         return AutoModelForSequenceClassification.from_config(_arch_config(spec.arch, tokenizer, 1))
     model = _from_pretrained(AutoModelForSequenceClassification, spec, field, cache_dir, num_labels=1)
-    return _fit_vocab(model, tokenizer)
+    return _fit_vocab(model, tokenizer, spec, field)
+
+
+def scorer_model(spec: ModelSpec, field: str, cache_dir: str | Path = ".rlhf/cache") -> tuple[PreTrainedModel, object]:
+    """A trained sequence classifier to score with, as it was saved (its own labels), and its own tokenizer.
+    A checkpoint that has no classification head (a plain causal LM) is an error, not a random head."""
+    where = resolve(spec.name_or_path, f"{field}.name_or_path", cache_dir)
+    from transformers import AutoConfig
+
+    try:
+        archs = AutoConfig.from_pretrained(where, revision=spec.revision,
+                                           trust_remote_code=spec.trust_remote_code).architectures or []
+    except Exception as exc:
+        raise ModelLoadError(f"{field}.name_or_path: cannot load {spec.name_or_path!r}: {exc}") from exc
+    if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
+        raise ModelLoadError(f"{field}: {spec.name_or_path!r} is a {archs[0]}, not a sequence classifier; "
+                             "train a reward model on it first (the reward stage)")
+    tokenizer = load_tokenizer(where, field=field, trust_remote_code=spec.trust_remote_code, cache_dir=cache_dir)
+    model = _from_pretrained(AutoModelForSequenceClassification, spec, field, cache_dir)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
 
 
 def token_value_model(spec: ModelSpec, tokenizer, field: str,
@@ -95,7 +136,13 @@ def token_value_model(spec: ModelSpec, tokenizer, field: str,
     if spec.arch is not None:
         return AutoModelForTokenClassification.from_config(_arch_config(spec.arch, tokenizer, 1))
     model = _from_pretrained(AutoModelForTokenClassification, spec, field, cache_dir, num_labels=1)
-    return _fit_vocab(model, tokenizer)
+    return _fit_vocab(model, tokenizer, spec, field)
+
+
+def context_length(model) -> int | None:
+    """The longest sequence a model's positions cover, when its config says."""
+    config = model.config
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
 
 def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:

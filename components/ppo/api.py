@@ -15,12 +15,13 @@ from components.compute.loop import LogFn, metrics_file, reproducible
 from components.data.prepare import load_data_tokenizer, read_split
 from components.errors import ConfigError, DataError
 from components.evaluation.metrics import per_prompt_means, win_rate
-from components.models.config import ModelSpec
+from components.models.config import ModelSpec, ScorerSpec
 from components.models.loading import load_tokenizer
 from components.ppo.config import PPOConfig
-from components.ppo.models import build_actor, build_critic, build_reference, build_scorer, merged_policy
+from components.ppo.models import build_actor, build_critic, build_reference, merged_policy
 from components.ppo.rollout import RewardFn
 from components.ppo.trainer import Models, PPOTrainer
+from components.reward.scoring import load_scorer
 from components.sft.data import encode
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def encode_prompts(tokenizer, texts: list[str], max_new_tokens: int, max_positio
     return encoded
 
 
-def build_models(config: PPOConfig, tokenizer, policy: ModelSpec, reward: ModelSpec | None) -> Models:
+def build_models(config: PPOConfig, tokenizer, policy: ModelSpec, reward: ScorerSpec | None) -> Models:
     """Actor (and critic) DeepSpeed engines; frozen reference and scorer (ZeRO-3 sharded when configured)."""
     ds.init_distributed()
     _, world_size = world()
@@ -68,20 +69,23 @@ def build_models(config: PPOConfig, tokenizer, policy: ModelSpec, reward: ModelS
         return ds.initialize(model, ds.ds_config(compute, lr, config.weight_decay, config.warmup_steps, steps,
                                                  schedule="constant"))
 
-    actor = build_actor(policy, tokenizer, config.critic == "value_head", config.lora, config.seed)
+    actor = build_actor(policy, tokenizer, config.critic == "value_head", config.lora, config.seed,
+                        config.compute.gradient_checkpointing)
     reference = build_reference(actor, config.lora)
     actor = engine(actor, config.lr)
     critic = None
     if config.critic == "separate":
         critic = engine(build_critic(config.critic_model or policy, tokenizer, config.seed), config.critic_lr or config.lr)
+    scorer = None
+    if reward is not None:
+        scorer = load_scorer(reward, tokenizer, "ppo.reward_model", lambda m: ds.inference(m, compute), config.seed + 2)
     return Models(actor=actor, critic=critic,
-                  reference=ds.inference(reference, compute) if reference is not None else None,
-                  scorer=ds.inference(build_scorer(reward, tokenizer, config.seed), compute) if reward is not None else None)
+                  reference=ds.inference(reference, compute) if reference is not None else None, scorer=scorer)
 
 
 def fit(trainer: PPOTrainer, eval_prompts: list[list[int]], eval_texts: list[str], gold_fn: RewardFn | None,
         on_log: LogFn | None, checkpoint_dir: str | Path | None,
-        on_samples: Callable[[int, list[dict]], None] | None = None) -> PPOResult:
+        on_samples: Callable[[int, list[dict]], None] | None = None, eval_messages: list | None = None) -> PPOResult:
     """Iterate to config.iterations with periodic logging, evaluation and checkpoints. `on_samples(iteration,
     rows)` receives each evaluation's samples (rank 0)."""
     c, history = trainer.config, []
@@ -99,7 +103,7 @@ def fit(trainer: PPOTrainer, eval_prompts: list[list[int]], eval_texts: list[str
                 on_log(step, metrics)
 
     def evaluate() -> None:
-        metrics, result.eval_rows = trainer.evaluate(eval_prompts, eval_texts, gold_fn, c.eval_samples)
+        metrics, result.eval_rows = trainer.evaluate(eval_prompts, eval_texts, gold_fn, c.eval_samples, eval_messages)
         if result.eval_before_rows:  # per prompt, by the mean over its samples
             key = "gold" if gold_fn is not None else "score"
             metrics[f"{key}_win_rate_vs_initial"] = win_rate(per_prompt_means(result.eval_rows, key),
@@ -131,14 +135,17 @@ def train(prompts: list[str], reward_fn: RewardFn | None = None, config: PPOConf
           eval_prompts: list[str] | None = None, gold_fn: RewardFn | None = None, out_dir: str | Path | None = None,
           checkpoint_dir: str | Path | None = None, resume: bool = False, on_log: LogFn | None = None,
           ptx_examples: list[tuple[list[int], list[int]]] | None = None,
-          on_samples: Callable[[int, list[dict]], None] | None = None) -> PPOResult:
+          on_samples: Callable[[int, list[dict]], None] | None = None,
+          prompt_messages: list | None = None, eval_messages: list | None = None) -> PPOResult:
     """Train a policy with PPO on `prompts`, scored by `reward_fn(prompts, responses) -> list[float]` or by a
     reward model (`reward_model`, a HF sequence-classification dir / hub id). `model` (or config.model) is the
     initial policy. With `out_dir`, the policy is saved there as a HF directory; with `checkpoint_dir`,
-    checkpoints go there every config.checkpoint_every iterations and `resume=True` continues from the last."""
+    checkpoints go there every config.checkpoint_every iterations and `resume=True` continues from the last.
+    `prompt_messages` / `eval_messages` are the prompts as chat messages (None where plain text), for a reward
+    model with its own chat template."""
     config = config or PPOConfig()
     policy = _spec(model) or config.model
-    scorer = _spec(reward_model) or config.reward_model
+    scorer = _spec(reward_model, ScorerSpec) or config.reward_model
     if policy is None:
         raise ConfigError("ppo.model: no initial policy given")
     if (scorer is None) == (reward_fn is None):
@@ -149,11 +156,13 @@ def train(prompts: list[str], reward_fn: RewardFn | None = None, config: PPOConf
     encoded = encode_prompts(tokenizer, prompts, config.rollout.max_new_tokens, max_positions)
     eval_encoded = encode_prompts(tokenizer, eval_prompts, config.rollout.max_new_tokens, max_positions,
                                   "eval_prompts") if eval_prompts else []
-    trainer = PPOTrainer(config, models, tokenizer, encoded, list(prompts), reward_fn, ptx_examples)
+    _check_scorer_context(models.scorer, max(map(len, encoded + eval_encoded)) + config.rollout.max_new_tokens)
+    trainer = PPOTrainer(config, models, tokenizer, encoded, list(prompts), reward_fn, ptx_examples, prompt_messages)
     if resume and checkpoint_dir and Path(checkpoint_dir, "actor", "latest").exists():
         trainer.load_checkpoint(checkpoint_dir)
         log.info("ppo resumed at iteration %d from %s", trainer.iteration, checkpoint_dir)
-    result = fit(trainer, eval_encoded, list(eval_prompts or []), gold_fn, on_log, checkpoint_dir, on_samples)
+    result = fit(trainer, eval_encoded, list(eval_prompts or []), gold_fn, on_log, checkpoint_dir, on_samples,
+                 eval_messages)
     if out_dir is not None:
         files = {"metrics.json": metrics_file(result.metrics),
                  "history.jsonl": "".join(json.dumps(reproducible(h)) + "\n" for h in result.history),
@@ -169,19 +178,30 @@ def run(config: PPOConfig, data_dir: str | Path, out_dir: str | Path, policy_dir
     """The pipeline stage: prompts of the preference_train split, held-out eval_prompts, the SFT policy and the
     reward model unless the config names others; writes the policy to `out_dir`."""
     policy = config.model or (ModelSpec(name_or_path=str(policy_dir)) if policy_dir else None)
-    scorer = config.reward_model or (ModelSpec(name_or_path=str(reward_dir)) if reward_dir else None)
-    prompts = list(dict.fromkeys(r["prompt"] for r in read_split(data_dir, "preference_train")))
-    eval_prompts = [r["prompt"] for r in read_split(data_dir, "eval_prompts")]
+    scorer = config.reward_model or (ScorerSpec(name_or_path=str(reward_dir)) if reward_dir else None)
+    records = list({r["prompt"]: r for r in read_split(data_dir, "preference_train")}.values())
+    evals = read_split(data_dir, "eval_prompts")
     if policy is None:
         raise ConfigError("ppo.model: not set and no SFT model was given")
     tokenizer = load_data_tokenizer(data_dir)  # the tokenizer every stage of this pipeline trained with
     ptx = None
     if config.ptx_coef:
         ptx = [encode(tokenizer, r["prompt"], r["completion"], max_length) for r in read_split(data_dir, "sft_train")]
-    return train(prompts, config=config, model=policy, reward_model=scorer, tokenizer=tokenizer,
-                 eval_prompts=eval_prompts, gold_fn=gold_fn, out_dir=out_dir, checkpoint_dir=checkpoint_dir,
-                 resume=resume, on_log=on_log, ptx_examples=ptx, on_samples=on_samples)
+    return train([r["prompt"] for r in records], config=config, model=policy, reward_model=scorer,
+                 tokenizer=tokenizer, eval_prompts=[r["prompt"] for r in evals], gold_fn=gold_fn, out_dir=out_dir,
+                 checkpoint_dir=checkpoint_dir, resume=resume, on_log=on_log, ptx_examples=ptx, on_samples=on_samples,
+                 prompt_messages=[r.get("prompt_messages") for r in records],
+                 eval_messages=[r.get("prompt_messages") for r in evals])
 
 
-def _spec(model: str | ModelSpec | None) -> ModelSpec | None:
-    return ModelSpec(name_or_path=str(model)) if isinstance(model, (str, Path)) else model
+def _check_scorer_context(scorer, longest: int) -> None:
+    """A reward model sharing the policy's tokens must fit the longest prompt + response (checked before any
+    training); one with its own tokenizer keeps the last tokens of longer sequences (counted in the metrics)."""
+    if scorer is not None and scorer.same and scorer.max_positions and longest > scorer.max_positions:
+        raise ConfigError(f"ppo.reward_model: its context is {scorer.max_positions} tokens, but the longest prompt "
+                          f"+ rollout.max_new_tokens is {longest}; shorten data.max_prompt_length or "
+                          "ppo.rollout.max_new_tokens")
+
+
+def _spec(model: str | ModelSpec | None, kind: type[ModelSpec] = ModelSpec) -> ModelSpec | None:
+    return kind(name_or_path=str(model)) if isinstance(model, (str, Path)) else model

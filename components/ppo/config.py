@@ -7,7 +7,8 @@ from pydantic import Field, model_validator
 
 from components.compute.config import ComputeConfig
 from components.config.base import StrictModel
-from components.models.config import ModelSpec
+from components.models.config import ModelSpec, ScorerSpec
+from components.models.lora import LoRAConfig
 
 
 class RolloutConfig(StrictModel):
@@ -33,20 +34,12 @@ class KLConfig(StrictModel):
                                               "beta*KL to the policy loss instead.")
 
 
-class LoRAConfig(StrictModel):
-    """Train low-rank adapters (peft) instead of all weights; the reference is the base with adapters disabled."""
-
-    r: int = Field(8, ge=1, description="Adapter rank.")
-    alpha: int = Field(16, ge=1, description="Adapter scaling numerator (scale = alpha / r).")
-    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on adapter inputs.")
-    target_modules: list[str] | None = Field(None, description="Module names to adapt; default: peft's per-model choice.")
-
-
 class PPOConfig(StrictModel):
     """PPO with a KL penalty against a frozen reference (Ouyang et al. 2022), on DeepSpeed engines."""
 
     model: ModelSpec | None = Field(None, description="Initial policy; default: the SFT stage's output model.")
-    reward_model: ModelSpec | None = Field(None, description="Scorer; default: the reward stage's output model.")
+    reward_model: ScorerSpec | None = Field(None, description="Scorer (with its own tokenizer); default: the reward "
+                                            "stage's output model. The evaluation stage scores with it too.")
     critic: Literal["value_head", "separate"] = Field(
         "value_head", description="Value head on the policy trunk, or a separate critic model with its own backbone.")
     critic_model: ModelSpec | None = Field(None, description="Separate critic's initial weights; default: the policy's.")

@@ -78,7 +78,8 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     loss = masked_sum(torch.maximum(unclipped, clipped), mask)
     with torch.no_grad():
         stats = {"clipfrac": masked_sum((clipped > unclipped).float(), mask),
-                 "approx_kl": masked_sum(kl_k3(log_ratio), mask)}
+                 # KL(old || new) on tokens sampled from the old policy: k3 of log(p_old / p_new) = exp(x) - 1 - x
+                 "approx_kl": masked_sum(kl_k3(-log_ratio), mask)}
     return loss, stats
 
 
@@ -106,6 +107,7 @@ def kl_k2(log_ratio: torch.Tensor) -> torch.Tensor:
 
 
 def kl_k3(log_ratio: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 of KL(p || q) for samples from p, log_ratio = log p - log q: (q/p - 1) - log(q/p)."""
     return torch.expm1(-log_ratio) + log_ratio
 
 

@@ -9,18 +9,9 @@ import torch
 from torch import nn
 
 from components.models.config import ModelSpec
-from components.models.loading import causal_lm, disable_dropout, fused_gelu, reward_model, token_value_model
-from components.ppo.config import LoRAConfig
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, as HF `generate` computes them. (B, T) -> (B, T)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def inner_model(lm: nn.Module) -> nn.Module:
-    """The transformers model under a peft wrapper (adapters stay injected in its layers)."""
-    return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+from components.models.forward import inner_model, position_ids
+from components.models.loading import causal_lm, disable_dropout, fused_gelu, token_value_model
+from components.models.lora import LoRAConfig, merged, trainable
 
 
 class Actor(nn.Module):
@@ -69,25 +60,12 @@ def response_logprobs(lm: nn.Module, input_ids: torch.Tensor, attention_mask: to
     return torch.gather(logp, 2, input_ids[:, -n_response:].unsqueeze(-1)).squeeze(-1)
 
 
-def sequence_scores(scorer: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    pad_id: int) -> torch.Tensor:
-    """A sequence-classification reward model's scalar (B,) per sequence. Padding on both sides is made
-    right-only first: HF's head reads the last non-pad token, and the model was trained right-padded."""
-    order = torch.argsort(1 - attention_mask.long(), dim=1, stable=True)  # real tokens first, in order
-    ids = torch.where(attention_mask.bool(), input_ids, pad_id).gather(1, order)
-    mask = attention_mask.gather(1, order)
-    return scorer(input_ids=ids, attention_mask=mask).logits[:, 0].float()
-
-
-def build_actor(spec: ModelSpec, tokenizer, value_head: bool, lora: LoRAConfig | None, seed: int) -> Actor:
+def build_actor(spec: ModelSpec, tokenizer, value_head: bool, lora: LoRAConfig | None, seed: int,
+                gradient_checkpointing: bool = False) -> Actor:
     """The policy LM (random init from `spec.arch` is seeded) with a value head when asked, LoRA when configured."""
     torch.manual_seed(seed)
     lm = fused_gelu(disable_dropout(causal_lm(spec, tokenizer, field="ppo.model")))
-    if lora is not None:
-        from peft import LoraConfig, get_peft_model
-        lm = get_peft_model(lm, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                           target_modules=lora.target_modules, task_type="CAUSAL_LM"))
-    return Actor(lm, value_head)
+    return Actor(trainable(lm, lora, "CAUSAL_LM", gradient_checkpointing), value_head)
 
 
 def build_reference(actor: Actor, lora: LoRAConfig | None) -> nn.Module | None:
@@ -104,11 +82,6 @@ def build_critic(spec: ModelSpec, tokenizer, seed: int) -> nn.Module:
     return fused_gelu(disable_dropout(token_value_model(spec, tokenizer, field="ppo.critic_model")))
 
 
-def build_scorer(spec: ModelSpec, tokenizer, seed: int) -> nn.Module:
-    torch.manual_seed(seed + 2)
-    return fused_gelu(disable_dropout(reward_model(spec, tokenizer, field="ppo.reward_model"))).requires_grad_(False).eval()
-
-
 @contextlib.contextmanager
 def adapters_disabled(actor: Actor):
     """With LoRA, the actor's LM without its adapters (= the reference); a no-op otherwise."""
@@ -118,6 +91,4 @@ def adapters_disabled(actor: Actor):
 
 def merged_policy(actor: Actor) -> nn.Module:
     """The policy as a plain transformers model (LoRA adapters merged into a copy), for save_pretrained."""
-    if hasattr(actor.lm, "merge_and_unload"):
-        return copy.deepcopy(actor.lm).merge_and_unload()
-    return actor.lm
+    return merged(actor.lm)

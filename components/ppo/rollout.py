@@ -8,7 +8,8 @@ from dataclasses import dataclass, fields
 import torch
 
 from components.ppo.config import RolloutConfig
-from components.ppo.models import Actor, inner_model, response_logprobs, response_values, sequence_scores
+from components.models.forward import inner_model
+from components.ppo.models import Actor, response_logprobs, response_values
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
 
@@ -116,16 +117,17 @@ def decode_responses(batch: Rollout, tokenizer) -> list[str]:
 
 @torch.no_grad()
 def score(batch: Rollout, ref_lm, critic, scorer, reward_fn: RewardFn | None, prompts: list[str], tokenizer,
-          temperature: float) -> tuple[Rollout, list[str]]:
-    """Fill ref_logprobs, the separate critic's values (if any) and the raw scores (reward model, else
-    `reward_fn(prompts, responses)`; scores are validated by the caller). Returns (batch, response texts)."""
+          temperature: float, messages: list | None = None) -> tuple[Rollout, list[str]]:
+    """Fill ref_logprobs, the separate critic's values (if any) and the raw scores (a `Scorer`, else
+    `reward_fn(prompts, responses)`; scores are validated by the caller). `messages` are the prompts as chat
+    messages where known (a scorer with its own chat template renders them). Returns (batch, response texts)."""
     ids, mask, r = batch.input_ids, batch.attention_mask, batch.n_response
     batch.ref_logprobs = response_logprobs(ref_lm, ids, mask, r, temperature) * batch.response_mask
     if critic is not None:
         batch.values = response_values(critic, ids, mask, r)
     responses = decode_responses(batch, tokenizer)
     if scorer is not None:
-        batch.scores = sequence_scores(scorer, ids, mask, tokenizer.pad_token_id)
+        batch.scores = scorer(ids, mask, prompts, responses, batch.has_eos, messages)
     else:
         batch.scores = reward_fn(prompts, responses)  # checked and converted by rewards.check_scores
     return batch, responses

@@ -55,9 +55,10 @@ class State:
 class PPOTrainer:
     def __init__(self, config: PPOConfig, models: Models, tokenizer, prompts: list[list[int]],
                  prompt_texts: list[str], reward_fn: RewardFn | None = None,
-                 ptx_examples: list[tuple[list[int], list[int]]] | None = None):
+                 ptx_examples: list[tuple[list[int], list[int]]] | None = None, prompt_messages: list | None = None):
         self.config, self.models, self.tokenizer = config, models, tokenizer
         self.prompts, self.prompt_texts, self.reward_fn = prompts, prompt_texts, reward_fn
+        self.prompt_messages = prompt_messages or [None] * len(prompts)
         self.ptx_examples = ptx_examples or []
         self.prompt_width = max(len(p) for p in prompts)
         kl = config.kl
@@ -86,7 +87,8 @@ class PPOTrainer:
         return out[rank::world_size]
 
     # -- phase 1 + 2: rollout and score ---------------------------------------------------------------------
-    def rollout_and_score(self, prompts: list[list[int]], texts: list[str], salt: int = 0) -> tuple[Rollout, list[str]]:
+    def rollout_and_score(self, prompts: list[list[int]], texts: list[str], salt: int = 0,
+                          messages: list | None = None) -> tuple[Rollout, list[str]]:
         """Sample, then score, this rank's prompts. Sampling is seeded by (seed, iteration, rank, salt)."""
         ids, mask = left_pad(prompts, self.tokenizer.pad_token_id, max(self.prompt_width, max(map(len, prompts))))
         torch.manual_seed(seed_for(self.config.seed, self.iteration, world()[0], salt))
@@ -97,7 +99,7 @@ class PPOTrainer:
         with adapters_disabled(self.actor) as base:
             ref = self.models.reference if self.models.reference is not None else base
             batch, responses = score(batch, ref, self.models.critic, self.models.scorer, self.reward_fn, texts,
-                                     self.tokenizer, self.config.rollout.temperature)
+                                     self.tokenizer, self.config.rollout.temperature, messages)
         batch.scores, batch.keep = check_scores(batch.scores, len(prompts), self.config.nonfinite_rewards)
         self.timings.update(generate=t1 - t0, score=time.perf_counter() - t1)
         return batch, responses
@@ -124,6 +126,9 @@ class PPOTrainer:
                  "response/length": batch.response_mask.sum(1).mean().item(),
                  "response/eos_frac": batch.has_eos.float().mean().item(),
                  "value/mean": masked_mean(batch.values, mask).item()}
+        scorer = self.models.scorer
+        if scorer is not None and not scorer.same:  # re-tokenised for a scorer with its own tokenizer
+            stats["reward/scorer_truncated"] = float(scorer.truncated)
         self.kl_ctl.update(stats["kl/ref"], len(kept))
         return mask, advantages, returns, stats
 
@@ -196,7 +201,8 @@ class PPOTrainer:
         """rollout -> score -> (all-gather) -> compute_advantages -> update. Returns this iteration's metrics."""
         t0 = time.perf_counter()
         indices = self.prompt_indices(self.iteration)
-        batch, _ = self.rollout_and_score([self.prompts[i] for i in indices], [self.prompt_texts[i] for i in indices])
+        batch, _ = self.rollout_and_score([self.prompts[i] for i in indices], [self.prompt_texts[i] for i in indices],
+                                          messages=[self.prompt_messages[i] for i in indices])
         batch = _all_gather(batch)
         mask, advantages, returns, stats = self.compute_advantages(batch)
         t1 = time.perf_counter()
@@ -213,7 +219,7 @@ class PPOTrainer:
     # -- held-out evaluation -----------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, prompts: list[list[int]], texts: list[str], gold_fn: RewardFn | None = None,
-                 n_samples: int = 1) -> tuple[dict[str, float], list[dict]]:
+                 n_samples: int = 1, messages: list | None = None) -> tuple[dict[str, float], list[dict]]:
         """Sample `n_samples` responses per held-out prompt (sharded over ranks); return mean score, gold score
         (when a gold scorer is given), KL to the reference and length, plus per-sample rows (all ranks')."""
         rank, world_size = world()
@@ -223,7 +229,8 @@ class PPOTrainer:
         for start in range(0, len(mine), self.config.batch_size):
             chunk = mine[start:start + self.config.batch_size]
             batch, responses = self.rollout_and_score([prompts[i] for i in chunk], [texts[i] for i in chunk],
-                                                      salt=1000 + start)
+                                                      salt=1000 + start,
+                                                      messages=[messages[i] for i in chunk] if messages else None)
             rows += sample_rows(batch, responses, batch.scores, chunk, texts, gold_fn)
         rows = _gather_rows(rows)
         metrics = {f"{k}_mean": float(np.mean([r[k] for r in rows])) for k in ("score", "kl", "length")}

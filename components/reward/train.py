@@ -10,28 +10,28 @@ from components.compute.loop import LogFn, metrics_file, start, train
 from components.data.prepare import load_data_tokenizer, read_split
 from components.feedback.labels import read_dataset
 from components.models.config import ModelSpec
-from components.models.loading import reward_model
+from components.models.loading import load_tokenizer, reward_model
+from components.models.lora import merged, trainable
 from components.reward.config import RewardConfig
 from components.reward.losses import pairwise_accuracy, pairwise_loss
-from components.sft.data import collate
+from components.reward.scoring import RewardModel, pad_right, scored_ids
 
-Pair = tuple[list[int], list[int]]  # token ids of prompt+chosen+EOS, prompt+rejected+EOS
+Pair = tuple[list[int], list[int]]  # token ids of the chosen and the rejected scored sequence
 
 
 def encode_pair(tokenizer, record: dict[str, str], max_length: int) -> Pair:
-    """Tokenise both responses after the prompt, each cut to `max_length - 1` tokens from the start, then EOS."""
-    p = tokenizer(record["prompt"], add_special_tokens=False)["input_ids"]
-
+    """Both responses as the reward model scores them (`scored_ids`: prompt + response + EOS), each keeping its
+    first `max_length - 1` tokens before the final EOS."""
     def one(response: str) -> list[int]:
-        return (p + tokenizer(response, add_special_tokens=False)["input_ids"])[:max_length - 1] + [tokenizer.eos_token_id]
+        ids = scored_ids(tokenizer, record["prompt"], response)
+        return ids if len(ids) <= max_length else ids[:max_length - 1] + [tokenizer.eos_token_id]
 
     return one(record["chosen"]), one(record["rejected"])
 
 
-def score_batch(model, sequences: list[list[int]], pad_id: int) -> torch.Tensor:
-    """Scalar rewards (N,) for right-padded sequences; the head reads the last non-pad token."""
-    batch = collate([(s, s) for s in sequences], pad_id)  # labels unused
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1).float()
+def score_batch(model: RewardModel, sequences: list[list[int]], pad_id: int) -> torch.Tensor:
+    """Scalar rewards (N,) of token sequences, read at each one's last real token."""
+    return model(*pad_right(sequences, pad_id))
 
 
 def run(config: RewardConfig, data_dir: str | Path, out_dir: str | Path, max_length: int,
@@ -39,19 +39,22 @@ def run(config: RewardConfig, data_dir: str | Path, out_dir: str | Path, max_len
         feedback_dirs: list[str | Path] = ()) -> dict[str, float]:
     """Train a reward model from `config.model`, or else from `base_model` (the SFT output dir), and write a
     HF directory (AutoModelForSequenceClassification, num_labels=1) with metrics.json to `out_dir` atomically.
-    `feedback_dirs` are stored human-feedback datasets whose pairs are added to preference_train."""
+    A `config.model` with its own tokenizer reads the pairs in its tokens. `feedback_dirs` are stored
+    human-feedback datasets whose pairs are added to preference_train."""
     spec = config.model or (ModelSpec(name_or_path=str(base_model)) if base_model else None)
     if spec is None:
         raise ValueError("reward.model is not set and no SFT model was given as the base")
     ds.init_distributed()
     torch.manual_seed(config.seed)
-    tokenizer = load_data_tokenizer(data_dir)
+    tokenizer = (load_data_tokenizer(data_dir) if spec.arch is not None  # a backbone reads pairs in its own tokens
+                 else load_tokenizer(spec.name_or_path, field="reward.model", trust_remote_code=spec.trust_remote_code))
     records = read_split(data_dir, "preference_train")
     records += [r for d in feedback_dirs for r in read_dataset(d)]
     train_set = [encode_pair(tokenizer, r, max_length) for r in records]
     eval_set = [encode_pair(tokenizer, r, max_length) for r in read_split(data_dir, "preference_eval")]
-    model = reward_model(spec, tokenizer, field="reward.model")
-    plan, engine = start("reward", model, len(train_set), config)
+    hf_model = trainable(reward_model(spec, tokenizer, field="reward.model"), config.lora, "SEQ_CLS",
+                         config.compute.gradient_checkpointing)
+    plan, engine = start("reward", RewardModel(hf_model), len(train_set), config)
 
     def step_fn(indices: list[int]):
         pairs = [train_set[i] for i in indices]
@@ -65,11 +68,12 @@ def run(config: RewardConfig, data_dir: str | Path, out_dir: str | Path, max_len
                               config.margin)
 
     metrics = train(engine, plan, step_fn, evaluate, on_log)
-    ds.save_hf(engine, tokenizer, out_dir, {"metrics.json": metrics_file(metrics)})
+    ds.save_hf(engine, tokenizer, out_dir, {"metrics.json": metrics_file(metrics)}, select=lambda m: merged(m.model))
     return metrics
 
 
-def evaluate_pairs(model, pairs: list[Pair], pad_id: int, batch_size: int, margin: float = 0.0) -> dict[str, float]:
+def evaluate_pairs(model: RewardModel, pairs: list[Pair], pad_id: int, batch_size: int,
+                   margin: float = 0.0) -> dict[str, float]:
     """Held-out pairwise loss and accuracy (agreement with the pair's label)."""
     chosen, rejected = [], []
     for first in range(0, len(pairs), batch_size):

@@ -7,9 +7,12 @@ IGNORE = -100  # the label index torch's cross_entropy skips
 
 
 def encode(tokenizer, prompt: str, completion: str, max_length: int) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) of prompt + completion + EOS, cut at `max_length`; prompt labels are IGNORE."""
+    """(input_ids, labels) of prompt + completion + EOS, cut at `max_length`; prompt labels are IGNORE. A
+    completion whose tokens already end with EOS (a chat template's closed turn) gets no second one."""
     p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    c = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    if not c or c[-1] != tokenizer.eos_token_id:
+        c = c + [tokenizer.eos_token_id]
     return (p + c)[:max_length], ([IGNORE] * len(p) + c)[:max_length]
 
 

@@ -10,6 +10,7 @@ from components.compute import engine as ds
 from components.compute.loop import LogFn, metrics_file, start, train
 from components.data.prepare import load_data_tokenizer, read_split
 from components.models.loading import causal_lm
+from components.models.lora import merged, trainable
 from components.sft.config import SFTConfig
 from components.sft.data import collate, encode, token_nll
 
@@ -23,7 +24,8 @@ def run(config: SFTConfig, data_dir: str | Path, out_dir: str | Path, max_length
     tokenizer = load_data_tokenizer(data_dir)
     train_set = [encode(tokenizer, r["prompt"], r["completion"], max_length) for r in read_split(data_dir, "sft_train")]
     eval_set = [encode(tokenizer, r["prompt"], r["completion"], max_length) for r in read_split(data_dir, "sft_eval")]
-    model = causal_lm(config.model, tokenizer, field="sft.model")
+    model = trainable(causal_lm(config.model, tokenizer, field="sft.model"), config.lora, "CAUSAL_LM",
+                      config.compute.gradient_checkpointing)
     plan, engine = start("sft", model, len(train_set), config)
 
     def step_fn(indices: list[int]):
@@ -39,7 +41,7 @@ def run(config: SFTConfig, data_dir: str | Path, out_dir: str | Path, max_length
     with torch.no_grad():
         before = evaluate()
     metrics = {"eval/loss_before": before["loss"], **train(engine, plan, step_fn, evaluate, on_log)}
-    ds.save_hf(engine, tokenizer, out_dir, {"metrics.json": metrics_file(metrics)})
+    ds.save_hf(engine, tokenizer, out_dir, {"metrics.json": metrics_file(metrics)}, select=merged)
     return metrics
 
 

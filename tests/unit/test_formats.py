@@ -36,9 +36,10 @@ def test_messages_use_the_chat_template(tmp_path, tokenizer):
         (rec,) = normalise(path, SFT_FORMATS, tokenizer)
     finally:
         tokenizer.chat_template = None
-    assert rec == {"prompt": "<|user|>Review X\n<|assistant|>", "completion": "Great.\n"}
+    user = [{"role": "user", "content": "Review X"}]  # kept for scorers with their own template
+    assert rec == {"prompt": "<|user|>Review X\n<|assistant|>", "completion": "Great.\n", "prompt_messages": user}
     (plain,) = normalise(path, SFT_FORMATS, tokenizer)  # no template: a plain transcript
-    assert plain == {"prompt": "user: Review X\nassistant:", "completion": " Great.\n"}
+    assert plain == {"prompt": "user: Review X\nassistant:", "completion": " Great.\n", "prompt_messages": user}
 
 
 def test_messages_must_end_with_the_assistant(tmp_path, tokenizer):

@@ -20,3 +20,17 @@ def test_reward_hacking_compares_gains_in_sft_standard_deviations():
     hacked = {**base, "policy/score_mean": 3.0, "policy/gold_mean": 0.5}  # gains 3.0 vs 0.25 sd
     flagged, excess = reward_hacking(hacked, threshold=1.0)
     assert flagged and excess == pytest.approx(2.75)
+
+
+def test_gate_never_promotes_a_policy_that_loses_to_sft_even_without_a_champion():
+    """A 25% win-rate against SFT was once promoted because there was no champion yet."""
+    worse = {"policy/gold_mean": 0.1, "sft/gold_mean": 0.4, "policy/gold_win_rate_vs_sft": 0.25}
+    decision = decide(worse, "gold_mean", margin=0.0)
+    assert not decision.promote and "does not beat SFT" in decision.reason
+    mostly_losing = {"policy/gold_mean": 0.5, "sft/gold_mean": 0.4, "policy/gold_win_rate_vs_sft": 0.3}
+    decision = decide(mostly_losing, "gold_mean", margin=0.0, min_win_rate_vs_sft=0.5)
+    assert not decision.promote and "wins 30% of prompts against SFT" in decision.reason
+    better = {"policy/gold_mean": 1.0, "sft/gold_mean": 0.4, "policy/gold_win_rate_vs_sft": 0.8}
+    decision = decide(better, "gold_mean", margin=0.0)
+    assert decision.promote and "beats SFT" in decision.reason and "no champion yet" in decision.reason
+    assert not decide(better, "gold_mean", margin=0.0, sft_margin=1.0).promote

@@ -109,3 +109,19 @@ def test_logprobs_and_entropy():
     logp, ent = logprobs_and_entropy(logits, torch.tensor([[2]]))
     assert logp.item() == pytest.approx(math.log(0.5))
     assert ent.item() == pytest.approx(-(2 * 0.25 * math.log(0.25) + 0.5 * math.log(0.5)))
+
+
+def test_approx_kl_statistic_is_kl_old_to_new_on_old_samples():
+    """Tokens drawn from the old policy: E[approx_kl] must equal the exact KL(old || new), not KL(new || old)."""
+    old = torch.tensor([0.8, 0.15, 0.05])
+    new = torch.tensor([0.2, 0.3, 0.5])
+    exact = float((old * (old / new).log()).sum())  # KL(old || new)
+    tokens = torch.arange(3)
+    # every token once, weighted by its old probability: the expectation over old samples, exactly
+    logp_old, logp_new = old.log()[tokens][None], new.log()[tokens][None]
+    weights = old[tokens][None]
+    _, stats = policy_loss(logp_new, logp_old, torch.zeros(1, 3), weights, clip_eps=0.2)
+    assert stats["approx_kl"].item() == pytest.approx(exact, abs=1e-6)
+    x = logp_new - logp_old
+    wrong_direction = float((weights * (torch.expm1(-x) + x)).sum())  # k3 applied with the sign flipped
+    assert abs(wrong_direction - exact) > 0.05  # so this test fails on that mistake

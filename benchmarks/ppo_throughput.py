@@ -1,6 +1,7 @@
 """PPO throughput on a fixed workload (issue 3); the last line printed is one JSON object.
 
     python benchmarks/ppo_throughput.py [--separate-critic] [--zero-stage N] [--iterations 30]
+    python benchmarks/ppo_throughput.py --model .rlhf/fixtures/smollm2 [--lora 16] [--iterations 5]
 
 Workload: policy, reference and reward model are GPT-2 configs (2 layers, hidden 128, 4 heads, 128 positions,
 vocab 1024, fp32, random init, fixed seeds) with a WordLevel tokenizer of 1024 entries ([PAD]=0 [EOS]=1 [BOS]=2
@@ -10,6 +11,11 @@ exactly 32 new tokens each at temperature 1.0; 4 PPO epochs x 4 minibatches of 8
 floor_s is the sum of the irreducible pieces, timed in this process on the same models: one batched generate,
 the no-grad forwards a rollout needs (reference and reward model, and the critic when it is separate), and 16
 forward+backward+step passes on minibatches of 8 (actor, and critic when separate). floor_ratio = s_per_iter / floor_s.
+
+With --model DIR (a save_pretrained causal LM, e.g. SmolLM2-135M-Instruct: 30 layers, vocab 49k) the workload is
+the real-model one: policy and reference from DIR, the reward model DIR's trunk with a fresh scalar head; 64
+demo review prompts rendered with DIR's chat template; 16 prompts per iteration, exactly 24 new tokens, 2 PPO
+epochs x 2 minibatches of 8; fp32. peak_rss_mb is the process's peak resident memory.
 """
 from __future__ import annotations
 
@@ -40,24 +46,19 @@ def main() -> None:
     parser.add_argument("--separate-critic", action="store_true", help="critic with its own backbone")
     parser.add_argument("--zero-stage", type=int, default=0, choices=(0, 1, 2, 3))
     parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument("--model", help="a save_pretrained causal LM dir: the real-model workload")
+    parser.add_argument("--lora", type=int, default=0, help="LoRA rank on the policy (0: full fine-tuning)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     logging.basicConfig(level=logging.WARNING)
-    from components.models.config import ArchSpec, ModelSpec
     from components.ppo.api import build_models, encode_prompts
-    from components.ppo.config import PPOConfig
     from components.ppo.trainer import PPOTrainer
 
-    config = PPOConfig(critic="separate" if args.separate_critic else "value_head", iterations=args.iterations,
-                       batch_size=32, ppo_epochs=4, num_minibatches=4, lr=1e-5, kl={"coef": 0.05},
-                       rollout={"max_new_tokens": 32, "temperature": 1.0, "stop_at_eos": False},
-                       compute={"zero_stage": args.zero_stage, "micro_batch_size": 8}, seed=0)
-    spec = ModelSpec(arch=ArchSpec(type="gpt2", n_layer=2, hidden_size=128, n_head=4, max_positions=128, dropout=0.0))
-    tokenizer = word_level_tokenizer()
-    rng = random.Random(0)
-    texts = [" ".join(f"w{rng.randrange(4, 1024)}" for _ in range(rng.randint(8, 16))) for _ in range(256)]
-    models = build_models(config, tokenizer, spec, spec)
-    trainer = PPOTrainer(config, models, tokenizer, encode_prompts(tokenizer, texts, 32, 128), texts)
+    config, tokenizer, texts, policy, scorer, workload = (real_model(args) if args.model else toy(args))
+    models = build_models(config, tokenizer, policy, scorer)
+    max_positions = models.actor.module.lm.config.max_position_embeddings
+    new = config.rollout.max_new_tokens
+    trainer = PPOTrainer(config, models, tokenizer, encode_prompts(tokenizer, texts, new, max_positions), texts)
 
     per_iter, breakdown = [], []
     for _ in range(args.iterations):
@@ -67,12 +68,12 @@ def main() -> None:
     floor = measure_floor(trainer)
     s_per_iter = statistics.median(per_iter[1:])
     print(json.dumps({
-        "workload": "ppo gpt2-2x128 vocab1024 batch32 new32 4x4 minibatch8",
+        "workload": workload, "lora": args.lora or None,
         "critic": config.critic, "zero_stage": args.zero_stage, "threads": torch.get_num_threads(),
         "iterations": args.iterations,
         "s_per_iter": round(s_per_iter, 4),
         "samples_per_s": round(config.batch_size / s_per_iter, 2),
-        "gen_tokens_per_s": round(config.batch_size * 32 / statistics.median(b["generate"] for b in breakdown[1:]), 1),
+        "gen_tokens_per_s": round(config.batch_size * new / statistics.median(b["generate"] for b in breakdown[1:]), 1),
         "breakdown": {k: round(statistics.median(b[k] for b in breakdown[1:]), 4) for k in breakdown[0]},
         "floor_s": round(floor["total"], 4), "floor_breakdown": {k: round(v, 4) for k, v in floor.items()},
         "floor_ratio": round(s_per_iter / floor["total"], 3),
@@ -80,32 +81,75 @@ def main() -> None:
     }))
 
 
+def toy(args):
+    """The issue-3 workload: GPT-2 2x128 from a config, word-level vocabulary of 1024, random prompts."""
+    from components.models.config import ArchSpec, ModelSpec
+    from components.ppo.config import PPOConfig
+
+    config = PPOConfig(critic="separate" if args.separate_critic else "value_head", iterations=args.iterations,
+                       batch_size=32, ppo_epochs=4, num_minibatches=4, lr=1e-5, kl={"coef": 0.05},
+                       rollout={"max_new_tokens": 32, "temperature": 1.0, "stop_at_eos": False},
+                       compute={"zero_stage": args.zero_stage, "micro_batch_size": 8}, seed=0,
+                       lora={"r": args.lora} if args.lora else None)
+    spec = ModelSpec(arch=ArchSpec(type="gpt2", n_layer=2, hidden_size=128, n_head=4, max_positions=128, dropout=0.0))
+    rng = random.Random(0)
+    texts = [" ".join(f"w{rng.randrange(4, 1024)}" for _ in range(rng.randint(8, 16))) for _ in range(256)]
+    return config, word_level_tokenizer(), texts, spec, spec, "ppo gpt2-2x128 vocab1024 batch32 new32 4x4 minibatch8"
+
+
+def real_model(args):
+    """The real-model workload on `args.model`: chat-templated demo prompts, batch 16, 24 new tokens, 2x2 of 8."""
+    import tempfile
+
+    from components.data import demo
+    from components.models.config import ModelSpec, ScorerSpec
+    from components.models.loading import load_tokenizer, reward_model, save_pretrained
+    from components.ppo.config import PPOConfig
+
+    tokenizer = load_tokenizer(args.model)
+    config = PPOConfig(critic="separate" if args.separate_critic else "value_head", iterations=args.iterations,
+                       batch_size=16, ppo_epochs=2, num_minibatches=2, lr=1e-5, kl={"coef": 0.05},
+                       rollout={"max_new_tokens": 24, "temperature": 1.0, "stop_at_eos": False},
+                       compute={"zero_stage": args.zero_stage, "micro_batch_size": 8}, seed=0,
+                       lora={"r": args.lora, "alpha": 2 * args.lora} if args.lora else None)
+    rm_dir = tempfile.mkdtemp(prefix="rm-")  # the model's trunk with a fresh scalar head, as the reward stage starts
+    torch.manual_seed(0)
+    save_pretrained(reward_model(ModelSpec(name_or_path=args.model), tokenizer, "reward"), tokenizer, rm_dir)
+    chats = demo.as_chat(demo.eval_prompts(random.Random(0), 64))
+    texts = [tokenizer.apply_chat_template(c["prompt"], tokenize=False, add_generation_prompt=True) for c in chats]
+    name = f"ppo {args.model} batch16 new24 2x2 minibatch8"
+    return config, tokenizer, texts, ModelSpec(name_or_path=args.model), ScorerSpec(name_or_path=rm_dir), name
+
+
 def measure_floor(trainer, repeats: int = 5) -> dict[str, float]:
     """Median over `repeats` of each irreducible piece, on the trainer's own models and a real rollout batch."""
-    from components.ppo.models import position_ids, response_logprobs, response_values, sequence_scores
+    from components.ppo.models import position_ids, response_logprobs, response_values
     from components.ppo.rollout import left_pad
+    from components.reward.scoring import right_align
 
     models, tok, c = trainer.models, trainer.tokenizer, trainer.config
+    new, mb = c.rollout.max_new_tokens, c.minibatch_size
     ids, mask = left_pad(trainer.prompts[:c.batch_size], tok.pad_token_id)
     lm = models.actor.module.lm
+    reference = models.reference if models.reference is not None else lm
     times: dict[str, list[float]] = {"generate": [], "forwards": [], "update": []}
     for _ in range(repeats):
         t0 = time.perf_counter()
         with torch.no_grad():
-            out = lm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=32, do_sample=True, top_k=0,
-                              eos_token_id=None, pad_token_id=tok.pad_token_id)
+            out = lm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                              do_sample=True, top_k=0, eos_token_id=None, pad_token_id=tok.pad_token_id)
         t1 = time.perf_counter()
-        full_mask = torch.cat([mask, torch.ones(len(ids), 32, dtype=mask.dtype)], 1)
+        full_mask = torch.cat([mask, torch.ones(len(ids), new, dtype=mask.dtype)], 1)
         with torch.no_grad():
-            response_logprobs(models.reference, out, full_mask, 32)
-            sequence_scores(models.scorer, out, full_mask, tok.pad_token_id)
+            response_logprobs(reference, out, full_mask, new)
+            models.scorer.model(*right_align(out, full_mask, tok.pad_token_id))
             if models.critic is not None:
-                response_values(models.critic, out, full_mask, 32)
+                response_values(models.critic, out, full_mask, new)
         t2 = time.perf_counter()
-        for k in range(16):
-            rows = slice(8 * (k % 4), 8 * (k % 4) + 8)
+        for k in range(c.ppo_epochs * c.num_minibatches):
+            rows = slice(mb * (k % c.num_minibatches), mb * (k % c.num_minibatches) + mb)
             inputs = dict(input_ids=out[rows], attention_mask=full_mask[rows], position_ids=position_ids(full_mask[rows]))
-            logits = models.actor.module.lm(**inputs, logits_to_keep=33).logits
+            logits = models.actor.module.lm(**inputs, logits_to_keep=new + 1).logits
             models.actor.backward(logits.float().mean())
             models.actor.step()
             if models.critic is not None:

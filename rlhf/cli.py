@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-n", type=int, default=8, help="number of pairs (default: %(default)s)")
         if name == "export":
             p.add_argument("--out", required=True, help="JSONL file to write")
+    models = sub.add_parser("models", help="model utilities")
+    msub = models.add_subparsers(dest="action", required=True)
+    imp_model = msub.add_parser("import", help="import a GGUF file (llama.cpp) as a save_pretrained directory")
+    imp_model.add_argument("gguf", help="the .gguf file")
+    imp_model.add_argument("--out", required=True, help="directory to write (config, safetensors, tokenizer)")
     runs = sub.add_parser("runs", help="compare recent pipeline runs from MLflow")
     _config_args(runs)
     runs.add_argument("-n", type=int, default=10, help="how many runs (default: %(default)s)")
@@ -62,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "models":
+            from components.models.gguf import import_gguf
+            info = import_gguf(args.gguf, args.out)
+            print(f"{args.out}: {info['architecture']}, {info['parameters'] / 1e6:.0f}M parameters; greedy output "
+                  f"equals the GGUF model's ({info['probe']!r})")
+            return 0
         config = load_config(args.config, args.set)
         if args.command == "validate":
             print(json.dumps(config.model_dump(mode="json"), indent=2))

@@ -155,7 +155,7 @@ def gate_task(evaluation: StageOutput, ppo: StageOutput, champion: StageOutput |
     if champion is not None and champion.fingerprint == ppo.fingerprint:
         return {"promote": False, "reason": "the candidate already is the champion"}
     decision = decide(evaluation.metrics, metric, promotion.margin, promotion.sft_margin,
-                      promotion.min_win_rate_vs_sft)
+                      promotion.min_win_rate_vs_sft if promotion.require_beating_sft else None)
     return {"promote": decision.promote, "reason": decision.reason, "candidate": decision.candidate,
             "champion": decision.champion}
 

@@ -41,6 +41,8 @@ class PromotionConfig(StrictModel):
         "auto", description="Evaluation metric compared: gold_mean (needs a gold scorer), score_mean (the reward "
                             "model's), or auto: gold_mean when a gold scorer exists, else score_mean.")
     margin: float = Field(0.0, ge=0, description="The candidate must beat the champion by at least this much.")
+    require_beating_sft: bool = Field(True, description="Promote only a candidate that beats the SFT model (by "
+                                      "sft_margin and min_win_rate_vs_sft); false compares with the champion alone.")
     sft_margin: float = Field(0.0, ge=0, description="The candidate's metric must exceed the SFT model's by more "
                               "than this (a policy no better than its starting point is never promoted).")
     min_win_rate_vs_sft: float = Field(0.5, ge=0, le=1, description="The candidate must win at least this fraction "

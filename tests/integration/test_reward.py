@@ -3,6 +3,7 @@ from transformers import AutoModelForSequenceClassification
 
 from components.data.gold import gold_score
 from components.data.prepare import load_data_tokenizer, read_split
+from components.reward.scoring import RewardModel
 from components.reward.train import encode_pair, score_batch
 
 
@@ -14,6 +15,7 @@ def test_reward_model_agrees_with_gold_on_heldout_pairs(reward_run, demo_data, d
     tokenizer = load_data_tokenizer(demo_data.path)
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
     assert model.config.num_labels == 1
+    model = RewardModel(model)  # read at each pair's EOS, as training, PPO and evaluation read it
     pairs = read_split(demo_data.path, "preference_eval")
     agree = 0
     with torch.no_grad():

@@ -79,3 +79,34 @@ def test_every_field_has_a_description():
                 if isinstance(arg, type) and issubclass(arg, StrictModel):
                     walk(arg)
     walk(PipelineConfig)
+
+
+FILES = ["data.source=files", "data.files.sft_train.path=s.jsonl", "data.files.preference_train.path=p.jsonl",
+         "data.files.tokenizer=tok"]
+
+
+def test_promotion_metric_follows_the_gold_scorer_that_exists(tmp_path):
+    """With your own data there is no demo gold scorer: the gate compares the reward model's score, and asking
+    for gold fails at validation (it once crashed with KeyError after 14 minutes of training)."""
+    assert load_config("configs/demo.yaml").promotion_metric == "gold_mean"
+    assert load_config(None, FILES).promotion_metric == "score_mean"
+    with pytest.raises(ConfigError, match="promotion.metric: gold_mean needs a gold scorer"):
+        load_config(None, [*FILES, "promotion.metric=gold_mean"])
+    own = load_config(None, [*FILES, "evaluate.gold_fn=components.data.gold:gold_scores"])
+    assert own.promotion_metric == "gold_mean" and own.gold_fn == "components.data.gold:gold_scores"
+
+
+def test_a_gold_fn_that_cannot_be_imported_names_its_line(tmp_path):
+    path = write(tmp_path, "evaluate:\n  samples_per_prompt: 2\n  gold_fn: no_such_module:score\n")
+    with pytest.raises(ConfigError, match=rf"{path}:3: evaluate.gold_fn: .*cannot import module 'no_such_module'"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="is not of the form module:function"):
+        load_config(None, ["evaluate.gold_fn=just_a_name"])
+    with pytest.raises(ConfigError, match="has no 'nope'"):
+        load_config(None, ["evaluate.gold_fn=components.data.gold:nope"])
+
+
+def test_lora_has_one_shape_on_every_training_stage():
+    config = load_config(None, ["sft.lora.r=4", "reward.lora.r=4", "ppo.lora.r=4", "sft.compute.gradient_checkpointing=true"])
+    assert type(config.sft.lora) is type(config.reward.lora) is type(config.ppo.lora)
+    assert config.sft.compute.gradient_checkpointing

@@ -34,3 +34,5 @@ def test_gate_never_promotes_a_policy_that_loses_to_sft_even_without_a_champion(
     decision = decide(better, "gold_mean", margin=0.0)
     assert decision.promote and "beats SFT" in decision.reason and "no champion yet" in decision.reason
     assert not decide(better, "gold_mean", margin=0.0, sft_margin=1.0).promote
+    skipped = decide(worse, "gold_mean", margin=0.0, min_win_rate_vs_sft=None)  # require_beating_sft: false
+    assert skipped.promote and "not compared with SFT" in skipped.reason

@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--model", help="a save_pretrained causal LM dir: the real-model workload")
     parser.add_argument("--lora", type=int, default=0, help="LoRA rank on the policy (0: full fine-tuning)")
+    parser.add_argument("--floor-repeats", type=int, default=5, help="timings of each floor piece (median)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     logging.basicConfig(level=logging.WARNING)
@@ -65,7 +66,7 @@ def main() -> None:
         stats = trainer.step()
         per_iter.append(stats["time/iteration"])
         breakdown.append({k: stats[f"time/{k}"] for k in ("generate", "score", "update")})
-    floor = measure_floor(trainer)
+    floor = measure_floor(trainer, args.floor_repeats)
     s_per_iter = statistics.median(per_iter[1:])
     print(json.dumps({
         "workload": workload, "lora": args.lora or None,

@@ -43,6 +43,7 @@ def server(tmp_path_factory):
     env = {**os.environ, "PREFECT_HOME": str(tmp / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp}/prefect.db",
            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_UI_ENABLED": "false",
+           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",  # the scheduler's pass, every 60 s by default
            "RLHF_HOME": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
     (tmp / "home").mkdir()
     proc = subprocess.Popen(PREFECT + ["server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
@@ -63,18 +64,48 @@ def server(tmp_path_factory):
     proc.wait(timeout=30)
 
 
+def _scheduled_runs(base: str, deployment_id: str, timeout: float = 60) -> list[dict]:
+    """Flow runs in state SCHEDULED that the server's scheduler created for the deployment (waits for them)."""
+    deadline = time.time() + timeout
+    while True:
+        runs = _api(base, "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment_id]}},
+                                                "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}})
+        if runs or time.time() > deadline:
+            return runs
+        time.sleep(1)
+
+
 def _cli(args: list[str], env: dict, timeout: int = 300) -> str:
     out = subprocess.run(PREFECT + args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out.stdout
 
 
-def test_deploy_schedule_schema_and_a_run_from_the_ui(server):
+@pytest.fixture(scope="module")
+def deployed(server):
+    """`prefect deploy --all` of prefect.yaml, with the cpu and gpu pools and the gpu concurrency limit."""
     base, env, tmp = server
     for pool in ("cpu", "gpu"):  # gpu is docker/kubernetes in production; a process pool stands in here
         _cli(["work-pool", "create", pool, "--type", "process"], env)
     _cli(["--no-prompt", "deploy", "--all"], env)
     _cli(["global-concurrency-limit", "create", "gpu", "--limit", "1"], env)
+    return server
+
+
+def test_the_servers_scheduler_creates_the_weekly_retraining_runs(deployed):
+    """Not the cron string: flow runs the scheduler service made (the deployment's Upcoming tab). SQLAlchemy 2.1
+    broke this in Prefect 3.8.8's scheduler (InvalidRequestError every minute, no runs)."""
+    base, _, _ = deployed
+    retrain = _api(base, "/deployments/name/rlhf-pipeline/retrain-weekly")
+    scheduled = _scheduled_runs(base, retrain["id"])
+    assert scheduled, "the scheduler created no flow run for retrain-weekly"
+    for run in scheduled:  # cron "0 3 * * 1": Mondays at 03:00
+        start = time.strptime(run["expected_start_time"][:19], "%Y-%m-%dT%H:%M:%S")
+        assert (start.tm_wday, start.tm_hour, start.tm_min) == (0, 3, 0)
+
+
+def test_deploy_schedule_schema_and_a_run_from_the_ui(deployed):
+    base, env, tmp = deployed
 
     names = {d["name"] for d in _api(base, "/deployments/filter", {})}
     assert names == {"retrain-weekly", "sft-adhoc", "reward-adhoc", "ppo-adhoc", "evaluate-adhoc", "feedback-adhoc"}

@@ -56,7 +56,8 @@ def markdown(metrics: dict[str, float], rows: list[dict], models: list[str], thr
                      f"{metrics['reward_hacking_excess']:.2f} SFT std; threshold {threshold:g})")
     lines += ["", "![PPO curves](curves.png)", "", "![scores](scores.png)", "", "## Samples", ""]
     for r in [r for r in rows if r["model"] == "policy"][:5]:
-        lines.append(f"- {r['prompt']} **->** {r['response']} (score {r['score']:.2f}"
+        prompt = r["prompt"].strip().replace("\n", " ↵ ").replace("`", "'")  # a chat template's newlines
+        lines.append(f"- `{prompt}` **->** {' '.join(r['response'].split())} (score {r['score']:.2f}"
                      + (f", gold {r['gold']:g})" if r.get("gold") is not None else ")"))
     return "\n".join(lines) + "\n"
 

@@ -1,51 +1,55 @@
-"""Prefect flows: the whole chain, and one flow per stage that starts from stored upstream outputs."""
+"""Prefect flows: the whole chain, and one flow per stage that starts from stored upstream outputs.
+
+Every flow's parameters have defaults the Prefect UI's Run button can send as they are: `config` comes from the
+deployment (prefect.yaml), `preset`/`overrides` spare editing the config's fields, and an upstream URI left empty
+means "this config's stored output of that stage" (computed, and cached, when it is missing)."""
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
-from prefect.input import RunInput
-from pydantic import Field
-
 from components.config.pipeline import PipelineConfig
-from tasks.context import open_context, stages_from
+from flows.forms import Approval
+from tasks.context import STAGES, open_context, resolve_config, stages_from
 from tasks.output import StageOutput
 from tasks.runner import RunContext, load_output
 from tasks.stages import (champion_task, data_task, evaluate_task, gate_task, ppo_task, promote_task, register_task,
                           reward_task, sft_task)
 
-
-class Approval(RunInput):
-    """The form a person fills in the Prefect UI to let a candidate become champion."""
-
-    approve: bool = Field(False, description="Promote this candidate to champion.")
-    comment: str = Field("", description="Why (kept with the decision).")
+Stage = Literal["data", "sft", "reward", "ppo", "evaluate"]
+Preset = Literal["demo", "tiny", "smollm2"]  # configs/*.yaml (a unit test keeps them in step)
 
 
 @flow(name="rlhf-pipeline", log_prints=True)
-def rlhf_pipeline(config: PipelineConfig, force: list[str] | None = None,
-                  from_stage: str | None = None) -> dict[str, StageOutput]:
+def rlhf_pipeline(config: PipelineConfig, force: list[Stage] | None = None, from_stage: Stage | None = None,
+                  preset: Preset | None = None, overrides: list[str] | None = None,
+                  feedback_uri: str | None = None) -> dict[str, StageOutput]:
     """data prep -> SFT -> reward model -> PPO -> evaluation, each stage cached by config hash + upstream fingerprints +
-    stage version; the PPO policy is registered in MLflow with the `candidate` alias."""
+    stage version; the PPO policy is registered in MLflow with the `candidate` alias.
+
+    Args:
+        config: The pipeline config (the deployment's default is configs/demo.yaml).
+        force: Stages to recompute even when a stored output with the same cache key exists.
+        from_stage: Recompute this stage and every stage after it.
+        preset: Start from configs/{preset}.yaml instead of `config`.
+        overrides: Dotted KEY=VALUE lines applied on top, e.g. ppo.iterations=100 or sft.lr=2e-5.
+        feedback_uri: A stored human feedback dataset to add to reward.feedback (set by the feedback trigger).
+    """
     start = time.perf_counter()
+    config = resolve_config(config, preset, overrides, feedback_uri)
     ctx = open_context(config, f"{config.name}-pipeline", set(force or []) | stages_from(from_stage))
     try:
-        outputs = {"data": data_task(config.data, ctx)}
-        on_pool(config, "sft", ctx, data=outputs["data"])
-        outputs["sft"] = sft_task(config.sft, config.data.max_length, outputs["data"], ctx)
-        on_pool(config, "reward", ctx, data=outputs["data"], sft=outputs["sft"])
-        outputs["reward"] = reward_task(config.reward, config.data.max_length, outputs["data"], outputs["sft"], ctx)
-        on_pool(config, "ppo", ctx, data=outputs["data"], sft=outputs["sft"], reward=outputs["reward"])
-        outputs["ppo"] = ppo_task(config.ppo, config.data.max_length, config.gold_fn, outputs["data"], outputs["sft"],
-                                  outputs["reward"], ctx)
+        outputs: dict[str, StageOutput] = {}
+        for stage in STAGES[:-1]:
+            on_pool(config, stage, ctx, **outputs)
+            outputs[stage] = run_stage(stage, config, outputs, ctx)
         model_name = config.tracking.model_name or f"{config.name}-policy"
         champion = champion_task(model_name, ctx)
-        outputs["evaluate"] = evaluate_task(config.evaluate, config.data.max_length, config.gold_fn,
-                                            config.ppo.reward_model, outputs["data"], outputs["sft"],
-                                            outputs["reward"], outputs["ppo"], champion, ctx)
+        outputs["evaluate"] = run_stage("evaluate", config, outputs, ctx, champion)
         version = register_task(outputs["ppo"], model_name, config.tracking.alias, ctx)
         p = config.promotion
         decision = gate_task(outputs["evaluate"], outputs["ppo"], champion, config.promotion_metric, p)
@@ -65,10 +69,35 @@ def rlhf_pipeline(config: PipelineConfig, force: list[str] | None = None,
     return outputs
 
 
+def run_stage(stage: str, config: PipelineConfig, upstream: dict[str, StageOutput], ctx: RunContext,
+              champion: StageOutput | None = None) -> StageOutput:
+    """One stage's task on its upstream outputs (the single place that knows each task's arguments)."""
+    n = config.data.max_length
+    if stage == "data":
+        return data_task(config.data, ctx)
+    if stage == "sft":
+        return sft_task(config.sft, n, upstream["data"], ctx)
+    if stage == "reward":
+        return reward_task(config.reward, n, upstream["data"], upstream["sft"], ctx)
+    if stage == "ppo":
+        return ppo_task(config.ppo, n, config.gold_fn, upstream["data"], upstream["sft"], upstream["reward"], ctx)
+    return evaluate_task(config.evaluate, n, config.gold_fn, config.ppo.reward_model, upstream["data"],
+                         upstream["sft"], upstream["reward"], upstream["ppo"], champion, ctx)
+
+
+def upstream_of(stage: str, config: PipelineConfig, ctx: RunContext, **uris: str | None) -> dict[str, StageOutput]:
+    """What `stage` needs: each given `<name>_uri` loaded from the store, the others this config's (cached) outputs."""
+    outputs: dict[str, StageOutput] = {}
+    for name in STAGES[:STAGES.index(stage)]:
+        uri = uris.get(f"{name}_uri")
+        outputs[name] = load_output(ctx.store, uri) if uri else run_stage(name, config, outputs, ctx)
+    return outputs
+
+
 def on_pool(config: PipelineConfig, stage: str, ctx: RunContext, **upstream: StageOutput) -> None:
     """When the stage's `compute.work_pool` is set, run its `<stage>-adhoc` deployment there first (as a
     subflow, waiting for it) without forcing; the local task call that follows then finds the stored output."""
-    pool = getattr(config, stage).compute.work_pool
+    pool = getattr(config, stage).compute.work_pool if stage != "data" else None
     if pool is None or stage in ctx.force:
         return
     from prefect.deployments import run_deployment
@@ -109,45 +138,87 @@ def summarize(config: PipelineConfig, outputs: dict[str, StageOutput], ctx: RunC
     return "\n".join(lines) + "\n"
 
 
-def _single(config: PipelineConfig, stage: str, run_name: str, force: bool = True):
-    return open_context(config, run_name, {stage} if force else set())
-
-
-@flow(name="sft")
-def sft_flow(config: PipelineConfig, data_uri: str, force: bool = True) -> StageOutput:
-    """Rerun SFT alone on a stored data prep output (`force=False`: reuse a stored output with the same key)."""
-    ctx = _single(config, "sft", f"{config.name}-sft", force)
-    out = sft_task(config.sft, config.data.max_length, load_output(ctx.store, data_uri), ctx)
+def _stage_alone(stage: str, config: PipelineConfig, force: bool, preset: Preset | None, overrides: list[str] | None,
+                 **uris: str | None) -> StageOutput:
+    config = resolve_config(config, preset, overrides)
+    ctx = open_context(config, f"{config.name}-{stage}", {stage} if force else set())
+    try:
+        upstream = upstream_of(stage, config, ctx, **uris)
+        out = run_stage(stage, config, upstream, ctx)
+    except BaseException:
+        ctx.tracker.finish(ctx.parent_run_id, ok=False)
+        raise
     ctx.tracker.finish(ctx.parent_run_id)
     return out
+
+
+# Prefect reads each flow's `Args:` docstring section into the descriptions of the UI's Run form.
+
+@flow(name="sft")
+def sft_flow(config: PipelineConfig, data_uri: str | None = None, force: bool = True, preset: Preset | None = None,
+             overrides: list[str] | None = None) -> StageOutput:
+    """Rerun SFT alone on a stored data prep output.
+
+    Args:
+        config: The pipeline config (the deployment's default is configs/demo.yaml).
+        data_uri: A stored data output (s3://... or a path, as `rlhf runs` lists); empty: this config's own.
+        force: Recompute the stage even when a stored output with the same cache key exists.
+        preset: Start from configs/{preset}.yaml instead of `config`.
+        overrides: Dotted KEY=VALUE lines applied on top, e.g. sft.lr=2e-5 or sft.epochs=1.
+    """
+    return _stage_alone("sft", config, force, preset, overrides, data_uri=data_uri)
 
 
 @flow(name="reward")
-def reward_flow(config: PipelineConfig, data_uri: str, sft_uri: str, force: bool = True) -> StageOutput:
-    """Rerun the reward model alone on stored data prep and SFT outputs (`force=False`: reuse if stored)."""
-    ctx = _single(config, "reward", f"{config.name}-reward", force)
-    out = reward_task(config.reward, config.data.max_length, load_output(ctx.store, data_uri),
-                      load_output(ctx.store, sft_uri), ctx)
-    ctx.tracker.finish(ctx.parent_run_id)
-    return out
+def reward_flow(config: PipelineConfig, data_uri: str | None = None, sft_uri: str | None = None, force: bool = True,
+                preset: Preset | None = None, overrides: list[str] | None = None) -> StageOutput:
+    """Rerun the reward model alone on stored data prep and SFT outputs.
+
+    Args:
+        config: The pipeline config (the deployment's default is configs/demo.yaml).
+        data_uri: A stored data output (s3://... or a path, as `rlhf runs` lists); empty: this config's own.
+        sft_uri: A stored SFT output; empty: this config's own (computed and cached when missing).
+        force: Recompute the stage even when a stored output with the same cache key exists.
+        preset: Start from configs/{preset}.yaml instead of `config`.
+        overrides: Dotted KEY=VALUE lines applied on top, e.g. reward.lr=1e-4 or reward.epochs=1.
+    """
+    return _stage_alone("reward", config, force, preset, overrides, data_uri=data_uri, sft_uri=sft_uri)
 
 
 @flow(name="ppo")
-def ppo_flow(config: PipelineConfig, data_uri: str, sft_uri: str, reward_uri: str,
-             force: bool = True) -> StageOutput:
-    """Rerun PPO alone on stored data prep, SFT and reward model outputs (`force=False`: reuse if stored)."""
-    ctx = _single(config, "ppo", f"{config.name}-ppo", force)
-    out = ppo_task(config.ppo, config.data.max_length, config.gold_fn, *(load_output(ctx.store, u) for u in
-                                                                          (data_uri, sft_uri, reward_uri)), ctx)
-    ctx.tracker.finish(ctx.parent_run_id)
-    return out
+def ppo_flow(config: PipelineConfig, data_uri: str | None = None, sft_uri: str | None = None,
+             reward_uri: str | None = None, force: bool = True, preset: Preset | None = None,
+             overrides: list[str] | None = None) -> StageOutput:
+    """Rerun PPO alone on stored data prep, SFT and reward model outputs.
+
+    Args:
+        config: The pipeline config (the deployment's default is configs/demo.yaml).
+        data_uri: A stored data output (s3://... or a path, as `rlhf runs` lists); empty: this config's own.
+        sft_uri: A stored SFT output; empty: this config's own (computed and cached when missing).
+        reward_uri: A stored reward model output; empty: this config's own (computed and cached when missing).
+        force: Recompute the stage even when a stored output with the same cache key exists.
+        preset: Start from configs/{preset}.yaml instead of `config`.
+        overrides: Dotted KEY=VALUE lines applied on top, e.g. ppo.iterations=100.
+    """
+    return _stage_alone("ppo", config, force, preset, overrides, data_uri=data_uri, sft_uri=sft_uri,
+                        reward_uri=reward_uri)
 
 
 @flow(name="evaluate")
-def evaluate_flow(config: PipelineConfig, data_uri: str, sft_uri: str, reward_uri: str, ppo_uri: str) -> StageOutput:
-    """Rerun the evaluation alone on stored outputs."""
-    ctx = _single(config, "evaluate", f"{config.name}-evaluate")
-    out = evaluate_task(config.evaluate, config.data.max_length, config.gold_fn, config.ppo.reward_model,
-                        *(load_output(ctx.store, u) for u in (data_uri, sft_uri, reward_uri, ppo_uri)), None, ctx)
-    ctx.tracker.finish(ctx.parent_run_id)
-    return out
+def evaluate_flow(config: PipelineConfig, data_uri: str | None = None, sft_uri: str | None = None,
+                  reward_uri: str | None = None, ppo_uri: str | None = None, force: bool = True,
+                  preset: Preset | None = None, overrides: list[str] | None = None) -> StageOutput:
+    """Rerun the evaluation alone on stored outputs.
+
+    Args:
+        config: The pipeline config (the deployment's default is configs/demo.yaml).
+        data_uri: A stored data output (s3://... or a path, as `rlhf runs` lists); empty: this config's own.
+        sft_uri: A stored SFT output; empty: this config's own (computed and cached when missing).
+        reward_uri: A stored reward model output; empty: this config's own (computed and cached when missing).
+        ppo_uri: The stored PPO policy to evaluate; empty: this config's own (computed and cached when missing).
+        force: Recompute the stage even when a stored output with the same cache key exists.
+        preset: Start from configs/{preset}.yaml instead of `config`.
+        overrides: Dotted KEY=VALUE lines applied on top, e.g. evaluate.samples_per_prompt=8.
+    """
+    return _stage_alone("evaluate", config, force, preset, overrides, data_uri=data_uri, sft_uri=sft_uri,
+                        reward_uri=reward_uri, ppo_uri=ppo_uri)

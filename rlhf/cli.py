@@ -99,14 +99,10 @@ def _run(args, config) -> int:
         outputs = rlhf_pipeline(config, force=args.force, from_stage=args.from_stage)
     elif all(getattr(args, u) is None for u in STAGES[:STAGES.index(args.name)]):
         outputs = rlhf_pipeline(config, force=[args.name])  # upstream from the cache (computed if missing)
-    else:
-        flows = {"sft": (sft_flow, ["data"]), "reward": (reward_flow, ["data", "sft"]),
-                 "ppo": (ppo_flow, ["data", "sft", "reward"]), "evaluate": (evaluate_flow, ["data", "sft", "reward", "ppo"])}
-        fn, needs = flows[args.name]
-        missing = [u for u in needs if getattr(args, u) is None]
-        if missing:
-            raise RLHFError(f"rlhf stage {args.name}: give all of --{' --'.join(needs)} (missing --{missing[0]})")
-        outputs = {args.name: fn(config, **{f"{u}_uri": getattr(args, u) for u in needs})}
+    else:  # the URIs given; the other upstream outputs are this config's own (computed if missing)
+        flows = {"sft": sft_flow, "reward": reward_flow, "ppo": ppo_flow, "evaluate": evaluate_flow}
+        uris = {f"{u}_uri": getattr(args, u) for u in STAGES[:STAGES.index(args.name)]}
+        outputs = {args.name: flows[args.name](config, **uris)}
     _summary(outputs)
     return 0
 

@@ -23,6 +23,7 @@ HEADER = """\
 # Which pool runs which flow: the GPU-heavy stage flows on `gpu`, the rest on `cpu`.
 STAGE_FLOWS = {"sft": "gpu", "reward": "gpu", "ppo": "gpu", "evaluate": "cpu", "feedback": "cpu"}
 ENTRYPOINTS = {"feedback": "flows/feedback.py:feedback_flow"}
+FEEDBACK_EVENT = "rlhf.feedback.stored"  # flows.feedback.EVENT (not imported: that pulls in prefect and torch)
 
 
 def render(config_path: str, cron: str = "0 3 * * 1") -> dict:
@@ -36,12 +37,24 @@ def render(config_path: str, cron: str = "0 3 * * 1") -> dict:
         "schedules": [{"cron": cron, "timezone": "UTC", "active": True}],
         "work_pool": {"name": "cpu"},
         "tags": ["rlhf", "retraining"],
+    }, {
+        "name": "retrain-on-feedback",
+        "description": f"The pipeline on {config_path} with a newly stored human feedback dataset added to "
+                       "reward.feedback: started by the rlhf.feedback.stored event (the feedback flows emit it).",
+        "entrypoint": "flows/pipeline.py:rlhf_pipeline",
+        "parameters": {"config": config},
+        "triggers": [{"type": "event", "enabled": True, "expect": [FEEDBACK_EVENT],
+                      "match": {"prefect.resource.id": "rlhf.feedback.*", "rlhf.pipeline": config["name"]},
+                      "parameters": {"feedback_uri": "{{ event.payload.uri }}"}}],
+        "work_pool": {"name": "cpu"},
+        "tags": ["rlhf", "retraining", "feedback"],
     }]
-    for flow, pool in STAGE_FLOWS.items():
+    for flow, pool in STAGE_FLOWS.items():  # the config rides along so the UI's Run button validates as it is
         deployments.append({
             "name": f"{flow}-adhoc",
-            "description": f"The {flow} flow alone, from stored upstream outputs (run it from the UI).",
+            "description": f"The {flow} flow alone; upstream outputs left empty are this config's stored ones.",
             "entrypoint": ENTRYPOINTS.get(flow, f"flows/pipeline.py:{flow}_flow"),
+            "parameters": {"config": config},
             "work_pool": {"name": pool},
             "tags": ["rlhf", flow],
         })

@@ -10,6 +10,7 @@ from tasks.runner import RunContext
 from tasks.tracking import Tracker, default_tracking_uri, flatten
 
 STAGES = ("data", "sft", "reward", "ppo", "evaluate")
+PRESETS = Path(__file__).parents[1] / "configs"
 
 
 def open_context(config: PipelineConfig, run_name: str, force: set[str]) -> RunContext:
@@ -25,6 +26,22 @@ def open_context(config: PipelineConfig, run_name: str, force: set[str]) -> RunC
                                {"rlhf.pipeline": config.name, "rlhf.kind": "pipeline"})
     tracker.log_file(parent, "config.json", config.model_dump_json(indent=1))
     return RunContext(ArtifactStore(config.output_dir, state / "cache"), tracker, parent, state / "work", force)
+
+
+def resolve_config(config: PipelineConfig, preset: str | None = None, overrides: list[str] | None = None,
+                   feedback_uri: str | None = None) -> PipelineConfig:
+    """The config a flow run uses: configs/{preset}.yaml instead of `config` when a preset is named, then the
+    overrides, then a feedback dataset added to `reward.feedback` (the feedback trigger's parameter)."""
+    from components.config.loading import load_config, with_overrides
+
+    if preset:
+        config = load_config(PRESETS / f"{preset}.yaml")
+    if overrides:
+        config = with_overrides(config, overrides)
+    if feedback_uri and feedback_uri not in config.reward.feedback:
+        config = config.model_copy(update={"reward": config.reward.model_copy(
+            update={"feedback": [*config.reward.feedback, feedback_uri]})})
+    return config
 
 
 def stages_from(stage: str | None) -> set[str]:

@@ -24,7 +24,7 @@ class ComputeConfig(StrictModel):
     num_processes: int = Field(1, ge=1, description="Processes (GPUs) on this node; above 1 the pipeline runs the "
                                "stage through torchrun, with rank 0 logging into the stage's MLflow run.")
     work_pool: str | None = Field(None, description="Run this stage on that Prefect work pool (through its "
-                                  "`<stage>-adhoc` deployment) instead of in the pipeline flow's process, e.g. `gpu`.")
+                                  "`{stage}-adhoc` deployment) instead of in the pipeline flow's process, e.g. `gpu`.")
     concurrency_limit: str | None = Field(None, description="Prefect global concurrency limit (e.g. `gpu`, sized to "
                                           "a worker's GPUs) held while the stage trains, one slot per process.")
 

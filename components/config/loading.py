@@ -52,6 +52,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(_describe(exc, source, lines, set_keys)) from None
 
 
+def with_overrides(config: PipelineConfig, overrides: list[str], source: str = "overrides") -> PipelineConfig:
+    """`config` with `a.b=c` overrides applied and validated again (errors name the override)."""
+    raw = config.model_dump(mode="json")
+    set_keys = parse_overrides(overrides)
+    for key, value in set_keys.items():
+        _assign(raw, key, value, source)
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source, {}, set_keys)) from None
+
+
 def _read(path: Path) -> str:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")

@@ -16,7 +16,7 @@ class TrackingConfig(StrictModel):
     """MLflow names. The tracking server itself comes from MLFLOW_TRACKING_URI (default: sqlite in state_dir)."""
 
     experiment: str | None = Field(None, description="MLflow experiment; default: the pipeline name.")
-    model_name: str | None = Field(None, description="Registered model of the final policy; default: <name>-policy.")
+    model_name: str | None = Field(None, description="Registered model of the final policy; default: {name}-policy.")
     alias: str = Field("candidate", min_length=1, description="Registry alias given to each new policy version.")
 
 
@@ -25,7 +25,7 @@ class PipelineConfig(StrictModel):
 
     name: str = Field("rlhf-demo", min_length=1, description="Pipeline name; MLflow experiment and model names derive from it.")
     output_dir: str = Field(".rlhf/artifacts", description="Artifact root: a local directory or s3://bucket/prefix; "
-                                                           "outputs go to <root>/<stage>/<cache_key>/.")
+                                                           "outputs go to {root}/{stage}/{cache_key}/.")
     s3_endpoint_url: str | None = Field(None, description="S3 endpoint for MinIO-style servers; default: "
                                                           "AWS_ENDPOINT_URL, else AWS itself.")
     state_dir: str = Field(".rlhf", description="Local state: MLflow sqlite store, Prefect home, caches, work dirs.")

@@ -1,4 +1,4 @@
-"""The artifact store: stage outputs under `<root>/<stage>/<cache_key>/`, on local disk or S3.
+"""The artifact store: stage outputs under `{root}/{stage}/{cache_key}/`, on local disk or S3.
 
 A stage output is complete only when its `_stage.json` (file names, sizes and sha256s, plus metadata) exists,
 and that file is written last: a crash or a lost connection mid-upload leaves files without it, which the

@@ -68,8 +68,9 @@ def _scheduled_runs(base: str, deployment_id: str, timeout: float = 60) -> list[
     """Flow runs in state SCHEDULED that the server's scheduler created for the deployment (waits for them)."""
     deadline = time.time() + timeout
     while True:
-        runs = _api(base, "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment_id]}},
-                                                "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}})
+        runs = [r for r in _api(base, "/flow_runs/filter", {
+            "deployments": {"id": {"any_": [deployment_id]}},
+            "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}}) if r["auto_scheduled"]]
         if runs or time.time() > deadline:
             return runs
         time.sleep(1)
@@ -108,7 +109,7 @@ def test_deploy_schedule_schema_and_a_run_from_the_ui(deployed):
     base, env, tmp = deployed
 
     names = {d["name"] for d in _api(base, "/deployments/filter", {})}
-    assert names == {"retrain-weekly", "sft-adhoc", "reward-adhoc", "ppo-adhoc", "evaluate-adhoc", "feedback-adhoc"}
+    assert names == {"retrain-weekly", "retrain-on-feedback", "sft-adhoc", "reward-adhoc", "ppo-adhoc", "evaluate-adhoc", "feedback-adhoc"}
     retrain = _api(base, "/deployments/name/rlhf-pipeline/retrain-weekly")
     assert [s["schedule"]["cron"] for s in retrain["schedules"]] == ["0 3 * * 1"]
     assert retrain["work_pool_name"] == "cpu"
@@ -146,3 +147,54 @@ def test_deploy_schedule_schema_and_a_run_from_the_ui(deployed):
     assert [(r["state"]["type"]) for r in stage_runs] == ["COMPLETED"]  # the SFT stage flow, on the gpu pool
     limit = _api(base, "/v2/concurrency_limits/gpu")
     assert limit["limit"] == 1 and limit["active_slots"] == 0  # taken by PPO, then given back
+
+
+def test_every_deployment_validates_with_the_defaults_the_run_button_sends(deployed):
+    """Quick run (no parameters: the server fills in the deployment's) and the custom-run form untouched (the
+    deployment's parameters over the schema's defaults): the flow run's parameters, read back from the server, pass
+    the flow's own validation, the step where a worker failed with `config.sft.model: set exactly one of ...`."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    base, _, _ = deployed
+    for deployment in _api(base, "/deployments/filter", {}):
+        flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
+        schema = deployment["parameter_openapi_schema"]
+        form = {**{k: p["default"] for k, p in schema["properties"].items() if "default" in p},
+                **deployment["parameters"]}
+        for sent in ({}, {"parameters": form}):
+            run = _api(base, f"/deployments/{deployment['id']}/create_flow_run", {**sent, "state": {"type": "CANCELLED"}})
+            parameters = flow.validate_parameters(_api(base, f"/flow_runs/{run['id']}")["parameters"])
+            assert parameters["config"] == load_config("configs/demo.yaml"), deployment["name"]
+        for name, prop in schema["properties"].items():  # every parameter says what it is, placeholders intact
+            assert prop.get("description") and "<" not in prop["description"], (deployment["name"], name)
+
+
+def test_stored_feedback_starts_a_retraining_run_with_the_dataset(deployed, tmp_path):
+    """labels stored (the import flow, run against the real server) -> the rlhf.feedback.stored event -> the
+    retrain-on-feedback deployment's trigger -> a flow run whose feedback_uri is the stored dataset."""
+    base, env, _ = deployed
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps({"prompt": f"p{i}", "chosen": "good", "rejected": "bad"}) + "\n"
+                              for i in range(3)))
+    script = ("import sys; from components.config.loading import load_config; "
+              "from flows.feedback import import_feedback_flow; "
+              f"out = import_feedback_flow(load_config('configs/demo.yaml', ['output_dir={tmp_path}/artifacts', "
+              f"'state_dir={tmp_path}/state']), '{labels}'); print('URI', out.uri)")
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    uri = done.stdout.split("URI ")[-1].strip()
+    deployment = _api(base, "/deployments/name/rlhf-pipeline/retrain-on-feedback")
+    deadline, runs = time.time() + 120, []
+    while not runs and time.time() < deadline:
+        runs = _api(base, "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment["id"]]}},
+                                                "flow_runs": {"state": {"type": {"not_any_": ["CANCELLED"]}}}})
+        time.sleep(1)
+    assert [r["parameters"]["feedback_uri"] for r in runs] == [uri]
+    from prefect.flows import load_flow_from_entrypoint
+
+    from tasks.context import resolve_config
+
+    parameters = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"])).validate_parameters(runs[0]["parameters"])
+    config = resolve_config(parameters["config"], feedback_uri=parameters["feedback_uri"])
+    assert config.name == "rlhf-demo" and config.reward.feedback == [uri]  # the deployment's config plus the dataset

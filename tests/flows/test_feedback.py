@@ -41,11 +41,14 @@ def _paused_run(timeout: float = 120):
 
 
 def test_feedback_form_round_trip_then_reward_and_downstream_retrain(env):
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.flow_runs import resume_flow_run
     from prefect.input.run_input import keyset_from_paused_state, read_flow_run_input
 
     from components.feedback.labels import read_dataset
     from flows.feedback import feedback_flow
+    from flows.forms import shown
     from flows.pipeline import rlhf_pipeline
     from tasks.tracking import Tracker
 
@@ -58,22 +61,28 @@ def test_feedback_form_round_trip_then_reward_and_downstream_retrain(env):
         run = _paused_run()
         keyset = keyset_from_paused_state(run.state)
         schema = read_flow_run_input(keyset["schema"], flow_run_id=run.id)  # what the UI renders as the form
-        assert "choices" in schema["properties"]
-        description = read_flow_run_input(keyset["description"], flow_run_id=run.id)
-        assert "Pair 3" in description and "- A: " in description
-        resume_flow_run(run.id, run_input={"choices": [
-            {"pair": 0, "choice": "A"}, {"pair": 1, "choice": "B", "score": 4},
-            {"pair": 2, "choice": "tie"}, {"pair": 3, "choice": "skip"}]})
+        fields = schema["properties"]
+        # one entry per pair: its label and text show the prompt and both responses; its only input is the choice
+        assert list(fields) == [f"pair_{n}{s}" for n in range(1, 5) for s in ("", "_score")]
+        for n in range(1, 5):
+            entry = fields[f"pair_{n}"]
+            assert entry["title"].startswith(f"Pair {n} of 4: ") and entry["default"] == "skip"
+            assert entry["enum"] == ["A", "B", "tie", "skip"] and entry["type"] == "string"
+            assert "**Prompt:**" in entry["description"] and "**A:**" in entry["description"]
+        resume_flow_run(run.id, run_input={"pair_1": "A", "pair_2": "B", "pair_2_score": 4, "pair_3": "tie",
+                                           "pair_4": "skip"})
     finally:
         worker.join(timeout=300)
     labels = result["out"]
     assert labels is not None and labels.stage == "feedback"
     records = read_dataset(labels.uri)
     assert len(records) == 2 and records[1]["score"] == 4
-    for record, pair in zip(records, (0, 1)):  # the chosen text is the one the person picked
-        picked = "A" if pair == 0 else "B"
-        block = description.split(f"**Pair {pair}**")[1]
-        assert f"- {picked}: {record['chosen']}" in block
+    for record, (n, picked) in zip(records, ((1, "A"), (2, "B"))):  # the chosen text is the one the person picked
+        text = fields[f"pair_{n}"]["description"]
+        assert f"**{picked}:** {shown(record['chosen'])}\n" in text
+    with get_client(sync_client=True) as client:  # what the person sees after submitting
+        artifact = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["rlhf-feedback"])))
+    assert labels.uri in artifact[-1].data and f"reward.feedback=[{labels.uri}]" in artifact[-1].data
     parent = Tracker(f"sqlite:///{env}/mlflow.db", "rlhf-tiny").client.search_runs(
         [Tracker(f"sqlite:///{env}/mlflow.db", "rlhf-tiny").experiment_id], "tags.`rlhf.kind` = 'pipeline' and "
         "attributes.run_name = 'rlhf-tiny-feedback'")[0]

@@ -11,6 +11,7 @@ from prefect.input import RunInput
 from pydantic import Field, create_model
 
 Choice = Literal["A", "B", "tie", "skip"]
+Score = Literal["none", "1", "2", "3", "4", "5"]  # a select in the UI (an `int | None` renders as a type toggle)
 
 
 class Approval(RunInput):
@@ -28,19 +29,22 @@ def shown(text: str, limit: int = 600) -> str:
 
 
 def feedback_form(pairs: list[dict]) -> type[RunInput]:
-    """A RunInput with `pair_1` ... `pair_n` (the choice, default skip) and `pair_1_score` ... (optional 1-5)."""
+    """A RunInput with `pair_1` ... `pair_n` (the choice, default skip) and `pair_1_score` ... (1-5 or none)."""
     fields = {}
     for n, p in enumerate(pairs, start=1):
         fields[f"pair_{n}"] = (Choice, Field(
-            "skip", title=f"Pair {n} of {len(pairs)}: {shown(p['prompt'], 200)}",
+            "skip", title=f"Pair {n} of {len(pairs)}",
             description=f"**Prompt:** {shown(p['prompt'])}\n\n**A:** {shown(p['response_a'])}\n\n"
                         f"**B:** {shown(p['response_b'])}\n\nWhich response is better? A, B, tie, or skip if unsure."))
-        fields[f"pair_{n}_score"] = (int | None, Field(None, ge=1, le=5, title=f"Pair {n}: quality of the better "
-                                                       "response, 1-5 (optional)"))
+        fields[f"pair_{n}_score"] = (Score, Field("none", title=f"Pair {n}: quality of the better response, 1-5"))
     return create_model("FeedbackForm", __base__=RunInput, __doc__="Pick the better response of each pair.", **fields)
 
 
 def answers(form: RunInput, pairs: list[dict]) -> list[dict]:
     """The form's values as the labels' answers: [{"pair", "choice", "score"}] in pair order."""
-    return [{"pair": p["pair"], "choice": getattr(form, f"pair_{n}"), "score": getattr(form, f"pair_{n}_score")}
+    return [{"pair": p["pair"], "choice": getattr(form, f"pair_{n}"), "score": _score(getattr(form, f"pair_{n}_score"))}
             for n, p in enumerate(pairs, start=1)]
+
+
+def _score(value: str) -> int | None:
+    return None if value == "none" else int(value)

@@ -54,7 +54,7 @@ def rlhf_pipeline(config: PipelineConfig, force: list[Stage] | None = None, from
         p = config.promotion
         decision = gate_task(outputs["evaluate"], outputs["ppo"], champion, config.promotion_metric, p)
         approved = ask_approval(decision, p.approval_timeout_s) if decision["promote"] and p.require_approval else True
-        promotion = promote_task(decision, approved, version, model_name, ctx)
+        promotion = promote_task(decision, approved, version, model_name, config.promotion_metric, ctx)
     except BaseException:
         ctx.tracker.finish(ctx.parent_run_id, ok=False)
         raise
@@ -64,6 +64,7 @@ def rlhf_pipeline(config: PipelineConfig, force: list[Stage] | None = None, from
         if k.startswith("eval") or name == "evaluate"}})
     ctx.tracker.finish(ctx.parent_run_id)
     summary = summarize(config, outputs, ctx, version, seconds) + f"\nPromotion: {promotion['reason']}.\n"
+    ctx.tracker.describe(ctx.parent_run_id, summary)  # the run's description in the MLflow UI
     create_markdown_artifact(summary, key="rlhf-pipeline-summary", description="Stages, caching, metrics")
     get_run_logger().info("pipeline finished in %.1fs; MLflow run %s", seconds, ctx.parent_run_id)
     return outputs

@@ -37,7 +37,10 @@ def register_policy(ctx: RunContext, ppo: StageOutput, name: str, alias: str) ->
                                            pip_requirements=pip_requirements())
             client.log_artifacts(run_id, f"{tmp}/model", "model")
         source = f"{client.get_run(run_id).info.artifact_uri}/model"
-        mv = client.create_model_version(name, source, run_id=run_id, tags={
+        pipeline = ctx.parent_run_id
+        mv = client.create_model_version(name, source, run_id=run_id, run_link=ctx.tracker.run_url(pipeline), description=(
+            f"PPO policy {ppo.uri} (fingerprint {ppo.fingerprint[:12]}), trained by pipeline run {pipeline}; "
+            "the gate's decision is in the rlhf.gate.* tags."), tags={"rlhf.pipeline_run_id": pipeline,
             "rlhf.uri": ppo.uri, "rlhf.fingerprint": ppo.fingerprint, **{
                 f"metric.{k}": f"{v:.4g}" for k, v in ppo.metrics.items() if k.startswith("eval/")}})
     client.set_registered_model_alias(name, alias, mv.version)
@@ -47,6 +50,15 @@ def register_policy(ctx: RunContext, ppo: StageOutput, name: str, alias: str) ->
 
 def set_alias(ctx: RunContext, name: str, alias: str, version: str) -> None:
     ctx.tracker.client.set_registered_model_alias(name, alias, version)
+
+
+def record_decision(ctx: RunContext, name: str, version: str, metric: str, decision: dict) -> None:
+    """The gate's metric, numbers and decision on the model version itself (its tags in the registry UI)."""
+    tags = {"rlhf.gate.metric": metric, "rlhf.gate.decision": "promoted" if decision["promoted"] else "kept champion",
+            "rlhf.gate.reason": decision["reason"][:5000], "rlhf.gate.pipeline_run_id": ctx.parent_run_id,
+            **{f"rlhf.gate.{k}": f"{decision[k]:.4g}" for k in ("candidate", "champion") if decision.get(k) is not None}}
+    for key, value in tags.items():
+        ctx.tracker.client.set_model_version_tag(name, version, key, value)
 
 
 def champion_output(ctx: RunContext, name: str) -> StageOutput | None:

@@ -73,7 +73,7 @@ def execute(stage: str, version: str, config: Any, parents: dict[str, StageOutpu
     shutil.rmtree(work, ignore_errors=True)
     work.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with _slots(getattr(config, "compute", None)), PeakRSS() as memory:
+        with _slots(getattr(config, "compute", None)), PeakRSS() as memory, ctx.tracker.system_metrics(run_id):
             started = time.perf_counter()
             metrics = compute(inputs, work, StageRun(run_id, ctx.tracker))
         stage_stats = {"stage/seconds": time.perf_counter() - started,  # compute only: what overhead is measured on

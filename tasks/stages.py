@@ -161,10 +161,11 @@ def gate_task(evaluation: StageOutput, ppo: StageOutput, champion: StageOutput |
 
 
 @task(name="promote", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def promote_task(decision: dict, approved: bool, version: str, model_name: str, ctx: RunContext) -> dict:
+def promote_task(decision: dict, approved: bool, version: str, model_name: str, metric: str,
+                 ctx: RunContext) -> dict:
     """Move `champion` to `version` when the gate said so and (if asked) a person approved; log the decision
     and its numbers on the pipeline run."""
-    from tasks.registry import set_alias
+    from tasks.registry import record_decision, set_alias
 
     promoted = decision["promote"] and approved
     if promoted:
@@ -174,4 +175,7 @@ def promote_task(decision: dict, approved: bool, version: str, model_name: str, 
                                         "rlhf.promotion.reason": reason})
     numbers = {f"promotion/{k}": float(decision[k]) for k in ("candidate", "champion") if decision.get(k) is not None}
     ctx.tracker.logger(ctx.parent_run_id)(0, {"promotion/promoted": float(promoted), **numbers})
-    return {**decision, "promoted": promoted, "reason": reason, "version": version}
+    outcome = {**decision, "promoted": promoted, "reason": reason, "version": version}
+    if "candidate" in decision:  # a gate that compared numbers (not "already the champion")
+        record_decision(ctx, model_name, version, metric, outcome)
+    return outcome

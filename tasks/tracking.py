@@ -2,6 +2,7 @@
 Prefect runs a task in: one parent run per pipeline run, one nested run per stage that executes."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -13,6 +14,8 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+EXPERIMENT_KIND = "mlflow.experimentKind"  # read by the MLflow 3 UI to pick the experiment's default view
+NOTE = "mlflow.note.content"  # a run's description in the MLflow UI
 PARAM_LIMIT = 500  # characters; longer values are cut (MLflow rejects very long params)
 
 
@@ -54,6 +57,8 @@ class Tracker:
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = (found.experiment_id if found else
                               self.client.create_experiment(experiment, artifact_location=artifact_location))
+        if found is None or EXPERIMENT_KIND not in found.tags:  # the UI opens on runs, not the GenAI overview
+            self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, "custom_model_development")
 
     def start_run(self, name: str, params: dict[str, str], tags: dict[str, str], parent: str | None = None) -> str:
         if parent:
@@ -69,6 +74,29 @@ class Tracker:
 
     def tag(self, run_id: str, tags: dict[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def describe(self, run_id: str, text: str) -> None:
+        self.tag(run_id, {NOTE: text})
+
+    def run_url(self, run_id: str) -> str:
+        """The run's page in the MLflow UI (for an http tracking server; else the run's experiment/run ids)."""
+        path = f"#/experiments/{self.experiment_id}/runs/{run_id}"
+        return f"{self.uri.rstrip('/')}/{path}" if self.uri.startswith("http") else path
+
+    @contextlib.contextmanager
+    def system_metrics(self, run_id: str, interval_s: float = 2.0):
+        """CPU, memory (and GPU with pynvml) as MLflow system metrics on `run_id` while the block runs."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, tracking_uri=self.uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
+            if monitor._logging_step == 0:  # shorter than one interval: MLflow drops the sample taken at the start
+                monitor.publish_metrics(monitor.aggregate_metrics())
+                monitor.mlflow_logger.flush()
 
     def finish(self, run_id: str, ok: bool = True) -> None:
         self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")

@@ -8,19 +8,14 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 import yaml
 
-from components.compute.net import free_port
 from components.config.loading import load_config
 from components.config.pipeline import PipelineConfig
-
-ROOT = Path(__file__).parents[2]
-PREFECT = [sys.executable, "-m", "prefect"]
+from tests.prefect_server import PREFECT, ROOT, api, deploy_all, prefect_server
 
 
 def test_prefect_yaml_is_rendered_from_the_demo_config():
@@ -29,46 +24,18 @@ def test_prefect_yaml_is_rendered_from_the_demo_config():
     assert yaml.safe_load((ROOT / "prefect.yaml").read_text()) == render("configs/demo.yaml")
 
 
-def _api(base: str, path: str, body: dict | None = None):
-    request = urllib.request.Request(f"{base}{path}", data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Content-Type": "application/json"}, method="POST" if body is not None else "GET")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read() or b"null")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("prefect")
-    port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp}/prefect.db",
-           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_UI_ENABLED": "false",
-           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",  # the scheduler's pass, every 60 s by default
-           "RLHF_HOME": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
-    (tmp / "home").mkdir()
-    proc = subprocess.Popen(PREFECT + ["server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    base = env["PREFECT_API_URL"]
-    deadline = time.time() + 120
-    while True:
-        try:
-            _api(base, "/health")
-            break
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                raise RuntimeError("prefect server did not start: " + proc.stdout.read().decode()[-3000:])
-            time.sleep(0.5)
-    yield base, env, tmp
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
+    with prefect_server(tmp) as (base, env):
+        yield base, env, tmp
 
 
 def _scheduled_runs(base: str, deployment_id: str, timeout: float = 60) -> list[dict]:
     """Flow runs in state SCHEDULED that the server's scheduler created for the deployment (waits for them)."""
     deadline = time.time() + timeout
     while True:
-        runs = [r for r in _api(base, "/flow_runs/filter", {
+        runs = [r for r in api(base, "/flow_runs/filter", {
             "deployments": {"id": {"any_": [deployment_id]}},
             "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}}) if r["auto_scheduled"]]
         if runs or time.time() > deadline:
@@ -76,20 +43,9 @@ def _scheduled_runs(base: str, deployment_id: str, timeout: float = 60) -> list[
         time.sleep(1)
 
 
-def _cli(args: list[str], env: dict, timeout: int = 300) -> str:
-    out = subprocess.run(PREFECT + args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return out.stdout
-
-
 @pytest.fixture(scope="module")
 def deployed(server):
-    """`prefect deploy --all` of prefect.yaml, with the cpu and gpu pools and the gpu concurrency limit."""
-    base, env, tmp = server
-    for pool in ("cpu", "gpu"):  # gpu is docker/kubernetes in production; a process pool stands in here
-        _cli(["work-pool", "create", pool, "--type", "process"], env)
-    _cli(["--no-prompt", "deploy", "--all"], env)
-    _cli(["global-concurrency-limit", "create", "gpu", "--limit", "1"], env)
+    deploy_all(server[1])
     return server
 
 
@@ -97,7 +53,7 @@ def test_the_servers_scheduler_creates_the_weekly_retraining_runs(deployed):
     """Not the cron string: flow runs the scheduler service made (the deployment's Upcoming tab). SQLAlchemy 2.1
     broke this in Prefect 3.8.8's scheduler (InvalidRequestError every minute, no runs)."""
     base, _, _ = deployed
-    retrain = _api(base, "/deployments/name/rlhf-pipeline/retrain-weekly")
+    retrain = api(base, "/deployments/name/rlhf-pipeline/retrain-weekly")
     scheduled = _scheduled_runs(base, retrain["id"])
     assert scheduled, "the scheduler created no flow run for retrain-weekly"
     for run in scheduled:  # cron "0 3 * * 1": Mondays at 03:00
@@ -108,12 +64,12 @@ def test_the_servers_scheduler_creates_the_weekly_retraining_runs(deployed):
 def test_deploy_schedule_schema_and_a_run_from_the_ui(deployed):
     base, env, tmp = deployed
 
-    names = {d["name"] for d in _api(base, "/deployments/filter", {})}
+    names = {d["name"] for d in api(base, "/deployments/filter", {})}
     assert names == {"retrain-weekly", "retrain-on-feedback", "sft-adhoc", "reward-adhoc", "ppo-adhoc", "evaluate-adhoc", "feedback-adhoc"}
-    retrain = _api(base, "/deployments/name/rlhf-pipeline/retrain-weekly")
+    retrain = api(base, "/deployments/name/rlhf-pipeline/retrain-weekly")
     assert [s["schedule"]["cron"] for s in retrain["schedules"]] == ["0 3 * * 1"]
     assert retrain["work_pool_name"] == "cpu"
-    assert _api(base, "/deployments/name/ppo/ppo-adhoc")["work_pool_name"] == "gpu"
+    assert api(base, "/deployments/name/ppo/ppo-adhoc")["work_pool_name"] == "gpu"
     schema = retrain["parameter_openapi_schema"]
     defs = schema.get("definitions") or schema.get("$defs")
     ours = PipelineConfig.model_json_schema()
@@ -126,14 +82,14 @@ def test_deploy_schedule_schema_and_a_run_from_the_ui(deployed):
     # SFT goes to the gpu pool (its sft-adhoc deployment, run by a second worker); PPO holds the gpu slot.
     tiny = load_config("configs/tiny.yaml", [f"output_dir={tmp}/artifacts", f"state_dir={tmp}/state",
                                              "sft.compute.work_pool=gpu", "ppo.compute.concurrency_limit=gpu"])
-    run = _api(base, f"/deployments/{retrain['id']}/create_flow_run",
+    run = api(base, f"/deployments/{retrain['id']}/create_flow_run",
                {"parameters": {"config": tiny.model_dump(mode="json")}})
     workers = [subprocess.Popen(PREFECT + ["worker", "start", "--pool", pool], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True) for pool in ("cpu", "gpu")]
     deadline, state = time.time() + 500, None
     try:
         while time.time() < deadline:
-            state = _api(base, f"/flow_runs/{run['id']}")["state"]
+            state = api(base, f"/flow_runs/{run['id']}")["state"]
             if state and state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
                 break
             time.sleep(2)
@@ -143,9 +99,9 @@ def test_deploy_schedule_schema_and_a_run_from_the_ui(deployed):
         logs = [w.communicate(timeout=60)[0][-3000:] for w in workers]
     assert state and state["type"] == "COMPLETED", logs
     assert any((tmp / "artifacts" / "ppo").iterdir())
-    stage_runs = _api(base, "/flow_runs/filter", {"work_pools": {"name": {"any_": ["gpu"]}}})
+    stage_runs = api(base, "/flow_runs/filter", {"work_pools": {"name": {"any_": ["gpu"]}}})
     assert [(r["state"]["type"]) for r in stage_runs] == ["COMPLETED"]  # the SFT stage flow, on the gpu pool
-    limit = _api(base, "/v2/concurrency_limits/gpu")
+    limit = api(base, "/v2/concurrency_limits/gpu")
     assert limit["limit"] == 1 and limit["active_slots"] == 0  # taken by PPO, then given back
 
 
@@ -156,14 +112,14 @@ def test_every_deployment_validates_with_the_defaults_the_run_button_sends(deplo
     from prefect.flows import load_flow_from_entrypoint
 
     base, _, _ = deployed
-    for deployment in _api(base, "/deployments/filter", {}):
+    for deployment in api(base, "/deployments/filter", {}):
         flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
         schema = deployment["parameter_openapi_schema"]
         form = {**{k: p["default"] for k, p in schema["properties"].items() if "default" in p},
                 **deployment["parameters"]}
         for sent in ({}, {"parameters": form}):
-            run = _api(base, f"/deployments/{deployment['id']}/create_flow_run", {**sent, "state": {"type": "CANCELLED"}})
-            parameters = flow.validate_parameters(_api(base, f"/flow_runs/{run['id']}")["parameters"])
+            run = api(base, f"/deployments/{deployment['id']}/create_flow_run", {**sent, "state": {"type": "CANCELLED"}})
+            parameters = flow.validate_parameters(api(base, f"/flow_runs/{run['id']}")["parameters"])
             assert parameters["config"] == load_config("configs/demo.yaml"), deployment["name"]
         for name, prop in schema["properties"].items():  # every parameter says what it is, placeholders intact
             assert prop.get("description") and "<" not in prop["description"], (deployment["name"], name)
@@ -184,10 +140,10 @@ def test_stored_feedback_starts_a_retraining_run_with_the_dataset(deployed, tmp_
                           timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     uri = done.stdout.split("URI ")[-1].strip()
-    deployment = _api(base, "/deployments/name/rlhf-pipeline/retrain-on-feedback")
+    deployment = api(base, "/deployments/name/rlhf-pipeline/retrain-on-feedback")
     deadline, runs = time.time() + 120, []
     while not runs and time.time() < deadline:
-        runs = _api(base, "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment["id"]]}},
+        runs = api(base, "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment["id"]]}},
                                                 "flow_runs": {"state": {"type": {"not_any_": ["CANCELLED"]}}}})
         time.sleep(1)
     assert [r["parameters"]["feedback_uri"] for r in runs] == [uri]

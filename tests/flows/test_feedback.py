@@ -66,10 +66,10 @@ def test_feedback_form_round_trip_then_reward_and_downstream_retrain(env):
         assert list(fields) == [f"pair_{n}{s}" for n in range(1, 5) for s in ("", "_score")]
         for n in range(1, 5):
             entry = fields[f"pair_{n}"]
-            assert entry["title"].startswith(f"Pair {n} of 4: ") and entry["default"] == "skip"
+            assert entry["title"] == f"Pair {n} of 4" and entry["default"] == "skip"
             assert entry["enum"] == ["A", "B", "tie", "skip"] and entry["type"] == "string"
             assert "**Prompt:**" in entry["description"] and "**A:**" in entry["description"]
-        resume_flow_run(run.id, run_input={"pair_1": "A", "pair_2": "B", "pair_2_score": 4, "pair_3": "tie",
+        resume_flow_run(run.id, run_input={"pair_1": "A", "pair_2": "B", "pair_2_score": "4", "pair_3": "tie",
                                            "pair_4": "skip"})
     finally:
         worker.join(timeout=300)

@@ -102,6 +102,16 @@ def test_every_stage_lands_in_s3_and_mlflow(env, first):
     assert {"policy/gold_mean", "sft/gold_mean", "policy/gold_win_rate_vs_sft", "policy/kl_to_sft"} <= set(evaluation)
     version = client.get_model_version_by_alias("rlhf-tiny-policy", "candidate")
     assert version.run_id == first["ppo"].mlflow_run_id
+    assert version.tags["rlhf.gate.decision"] == "promoted" and version.tags["rlhf.gate.metric"] == "gold_mean"
+    assert version.tags["rlhf.gate.reason"] and first["ppo"].uri in version.description
+    parent = client.get_run(version.tags["rlhf.pipeline_run_id"])  # the version links to its pipeline run
+    assert parent.data.tags["rlhf.kind"] == "pipeline" and "| ppo | no |" in parent.data.tags["mlflow.note.content"]
+    assert version.run_link.endswith(f"/runs/{parent.info.run_id}")
+    experiment = client.get_experiment(parent.info.experiment_id)  # opens on runs, not the GenAI overview
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    system = [k for s in ("sft", "reward", "ppo") for k in client.get_run(first[s].mlflow_run_id).data.metrics
+              if k.startswith("system/")]
+    assert "system/cpu_utilization_percentage" in system and "system/system_memory_usage_megabytes" in system
     parts = mlflow.transformers.load_model("models:/rlhf-tiny-policy@candidate", return_type="components")
     ids = parts["tokenizer"]("Review of The Wild Promise:", return_tensors="pt")
     assert parts["model"].generate(**ids, max_new_tokens=4, do_sample=False).shape[1] == ids["input_ids"].shape[1] + 4

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from components.config.pipeline import PipelineConfig
@@ -22,6 +23,7 @@ def open_context(config: PipelineConfig, run_name: str, force: set[str]) -> RunC
     uri = default_tracking_uri(state)
     artifacts = (state / "mlruns").resolve().as_uri() if uri.startswith("sqlite") else None
     tracker = Tracker(uri, config.tracking.experiment or config.name, artifacts)
+    run_name = f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"  # distinct in MLflow's run list
     parent = tracker.start_run(run_name, flatten(config.model_dump(mode="json")),
                                {"rlhf.pipeline": config.name, "rlhf.kind": "pipeline"})
     tracker.log_file(parent, "config.json", config.model_dump_json(indent=1))

@@ -110,7 +110,7 @@ def evaluate_task(config: EvaluationConfig, max_length: int, gold: str | None, s
         stage_run.on_log(0, metrics)
         rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
         ctx.tracker.log_table(stage_run.run_id, rows, "samples.json")
-        for name in ("report.md", "curves.png", "scores.png"):
+        for name in ("report.html", "report.md", "curves.png", "scores.png"):
             ctx.tracker.client.log_artifact(stage_run.run_id, str(out / name), "report")
         _prefect_report(out, metrics)
         return metrics
@@ -133,7 +133,9 @@ def _prefect_report(out: Path, metrics: dict[str, float]) -> None:
     """The evaluation report as Prefect artifacts: the markdown and a metrics table."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    create_markdown_artifact((out / "report.md").read_text(), key="rlhf-evaluation", description="Evaluation report")
+    from components.evaluation.report import self_contained
+
+    create_markdown_artifact(self_contained(out / "report.md"), key="rlhf-evaluation", description="Evaluation report")
     create_table_artifact([{"metric": k, "value": round(v, 4)} for k, v in sorted(metrics.items())],
                           key="rlhf-evaluation-metrics", description="Evaluation metrics")
 

@@ -1,7 +1,10 @@
-"""The evaluation report: markdown plus PNG plots (PPO curves; score distributions of the policy vs SFT)."""
+"""The evaluation report: markdown plus PNG plots (PPO curves; score distributions of the policy vs SFT), and
+`report.html` with the plots inside, which MLflow's artifact view renders (it shows .md as plain text)."""
 from __future__ import annotations
 
+import base64
 import json
+import re
 from pathlib import Path
 
 import matplotlib
@@ -67,3 +70,24 @@ def write(out_dir: Path, metrics: dict[str, float], rows: list[dict], history: l
     plot_curves(history, out_dir / "curves.png")
     plot_scores(rows, "gold" if rows and rows[0].get("gold") is not None else "score", out_dir / "scores.png")
     (out_dir / "report.md").write_text(markdown(metrics, rows, models, threshold))
+    (out_dir / "report.html").write_text(html(self_contained(out_dir / "report.md")))
+
+
+def self_contained(report: Path) -> str:
+    """The markdown with its local images inlined as data: URIs (a Prefect artifact has no files beside it)."""
+    def inline(match: re.Match) -> str:
+        image = report.parent / match.group(2)
+        if not image.is_file():
+            return match.group(0)
+        return f"![{match.group(1)}](data:image/png;base64,{base64.b64encode(image.read_bytes()).decode()})"
+    return re.sub(r"!\[([^\]]*)\]\(([^)\s:]+\.png)\)", inline, report.read_text())
+
+
+def html(markdown_text: str) -> str:
+    import markdown as md
+
+    body = md.markdown(markdown_text, extensions=["tables"])
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>Evaluation report</title><style>"
+            "body{font-family:sans-serif;max-width:60em;margin:1em auto}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:2px 8px}img{max-width:100%}</style></head><body>"
+            f"{body}</body></html>")

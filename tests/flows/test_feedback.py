@@ -85,7 +85,7 @@ def test_feedback_form_round_trip_then_reward_and_downstream_retrain(env):
     assert labels.uri in artifact[-1].data and f"reward.feedback=[{labels.uri}]" in artifact[-1].data
     parent = Tracker(f"sqlite:///{env}/mlflow.db", "rlhf-tiny").client.search_runs(
         [Tracker(f"sqlite:///{env}/mlflow.db", "rlhf-tiny").experiment_id], "tags.`rlhf.kind` = 'pipeline' and "
-        "attributes.run_name = 'rlhf-tiny-feedback'")[0]
+        "attributes.run_name LIKE 'rlhf-tiny-feedback-%'")[0]
     assert parent.data.metrics["feedback/unanswered"] == 1 and parent.data.metrics["feedback/ties"] == 1
 
     second = rlhf_pipeline(_config(env, f"reward.feedback=[{labels.uri}]"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import boto3
 import pytest
@@ -82,6 +83,8 @@ def first(env):
 
 def test_every_stage_lands_in_s3_and_mlflow(env, first):
     import mlflow.transformers
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     s3, _ = env
     for stage, out in first.items():
@@ -112,6 +115,11 @@ def test_every_stage_lands_in_s3_and_mlflow(env, first):
     system = [k for s in ("sft", "reward", "ppo") for k in client.get_run(first[s].mlflow_run_id).data.metrics
               if k.startswith("system/")]
     assert "system/cpu_utilization_percentage" in system and "system/system_memory_usage_megabytes" in system
+    report = Path(client.download_artifacts(first["evaluate"].mlflow_run_id, "report/report.html")).read_text()
+    assert report.count("<img alt=") == 2 and report.count('src="data:image/png;base64,') == 2  # plots inside
+    with get_client(sync_client=True) as prefect:  # the Prefect artifact carries its plots too
+        artifact = prefect.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["rlhf-evaluation"])))
+    assert artifact[-1].data.count("](data:image/png;base64,") == 2
     parts = mlflow.transformers.load_model("models:/rlhf-tiny-policy@candidate", return_type="components")
     ids = parts["tokenizer"]("Review of The Wild Promise:", return_tensors="pt")
     assert parts["model"].generate(**ids, max_new_tokens=4, do_sample=False).shape[1] == ids["input_ids"].shape[1] + 4

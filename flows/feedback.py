@@ -39,7 +39,7 @@ def feedback_flow(config: PipelineConfig, data_uri: str | None = None, policy_ur
     """
     config = resolve_config(config, preset, overrides)
     ctx = open_context(config, f"{config.name}-feedback", set())
-    try:
+    with ctx.tracker.finishing(ctx.parent_run_id):
         data = load_output(ctx.store, data_uri) if data_uri else run_stage("data", config, {}, ctx)
         policy = (load_output(ctx.store, policy_uri) if policy_uri else
                   upstream_of("evaluate", config, ctx, data_uri=data.uri)["ppo"])
@@ -56,10 +56,6 @@ def feedback_flow(config: PipelineConfig, data_uri: str | None = None, policy_ur
             choices = []
         records, counts = labels_from_answers_task(pairs, choices)
         out = labels_task(records, counts, f"feedback flow run {ctx.parent_run_id}", ctx)
-    except BaseException:
-        ctx.tracker.finish(ctx.parent_run_id, ok=False)
-        raise
-    ctx.tracker.finish(ctx.parent_run_id)
     return announce(config, out, counts, ctx)
 
 
@@ -72,13 +68,9 @@ def import_feedback_flow(config: PipelineConfig, path: str) -> StageOutput | Non
         path: The label file: prompt, chosen, rejected (or response_a, response_b, choice) per row.
     """
     ctx = open_context(config, f"{config.name}-feedback-import", set())
-    try:
+    with ctx.tracker.finishing(ctx.parent_run_id):
         records, counts = read_labels_task(path, ctx)
         out = labels_task(records, counts, f"import {path}", ctx)
-    except BaseException:
-        ctx.tracker.finish(ctx.parent_run_id, ok=False)
-        raise
-    ctx.tracker.finish(ctx.parent_run_id)
     return announce(config, out, counts, ctx)
 
 

@@ -42,7 +42,7 @@ def rlhf_pipeline(config: PipelineConfig, force: list[Stage] | None = None, from
     start = time.perf_counter()
     config = resolve_config(config, preset, overrides, feedback_uri)
     ctx = open_context(config, f"{config.name}-pipeline", set(force or []) | stages_from(from_stage))
-    try:
+    with ctx.tracker.finishing(ctx.parent_run_id):
         outputs: dict[str, StageOutput] = {}
         for stage in STAGES[:-1]:
             on_pool(config, stage, ctx, **outputs)
@@ -55,14 +55,10 @@ def rlhf_pipeline(config: PipelineConfig, force: list[Stage] | None = None, from
         decision = gate_task(outputs["evaluate"], outputs["ppo"], champion, config.promotion_metric, p)
         approved = ask_approval(decision, p.approval_timeout_s) if decision["promote"] and p.require_approval else True
         promotion = promote_task(decision, approved, version, model_name, config.promotion_metric, ctx)
-    except BaseException:
-        ctx.tracker.finish(ctx.parent_run_id, ok=False)
-        raise
-    seconds = time.perf_counter() - start
-    ctx.tracker.logger(ctx.parent_run_id)(0, {"pipeline/seconds": seconds, **{
-        f"{name}/{k}": v for name, out in outputs.items() for k, v in out.metrics.items()
-        if k.startswith("eval") or name == "evaluate"}})
-    ctx.tracker.finish(ctx.parent_run_id)
+        seconds = time.perf_counter() - start
+        ctx.tracker.logger(ctx.parent_run_id)(0, {"pipeline/seconds": seconds, **{
+            f"{name}/{k}": v for name, out in outputs.items() for k, v in out.metrics.items()
+            if k.startswith("eval") or name == "evaluate"}})
     summary = summarize(config, outputs, ctx, version, seconds) + f"\nPromotion: {promotion['reason']}.\n"
     ctx.tracker.describe(ctx.parent_run_id, summary)  # the run's description in the MLflow UI
     create_markdown_artifact(summary, key="rlhf-pipeline-summary", description="Stages, caching, metrics")
@@ -98,7 +94,8 @@ def upstream_of(stage: str, config: PipelineConfig, ctx: RunContext, **uris: str
 def on_pool(config: PipelineConfig, stage: str, ctx: RunContext, **upstream: StageOutput) -> None:
     """When the stage's `compute.work_pool` is set, run its `<stage>-adhoc` deployment there first (as a
     subflow, waiting for it) without forcing; the local task call that follows then finds the stored output."""
-    pool = getattr(config, stage).compute.work_pool if stage != "data" else None
+    compute = getattr(getattr(config, stage), "compute", None)  # data prep has none
+    pool = compute.work_pool if compute else None
     if pool is None or stage in ctx.force:
         return
     from prefect.deployments import run_deployment
@@ -143,14 +140,8 @@ def _stage_alone(stage: str, config: PipelineConfig, force: bool, preset: Preset
                  **uris: str | None) -> StageOutput:
     config = resolve_config(config, preset, overrides)
     ctx = open_context(config, f"{config.name}-{stage}", {stage} if force else set())
-    try:
-        upstream = upstream_of(stage, config, ctx, **uris)
-        out = run_stage(stage, config, upstream, ctx)
-    except BaseException:
-        ctx.tracker.finish(ctx.parent_run_id, ok=False)
-        raise
-    ctx.tracker.finish(ctx.parent_run_id)
-    return out
+    with ctx.tracker.finishing(ctx.parent_run_id):
+        return run_stage(stage, config, upstream_of(stage, config, ctx, **uris), ctx)
 
 
 # Prefect reads each flow's `Args:` docstring section into the descriptions of the UI's Run form.

@@ -101,6 +101,16 @@ class Tracker:
     def finish(self, run_id: str, ok: bool = True) -> None:
         self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
+    @contextlib.contextmanager
+    def finishing(self, run_id: str):
+        """Ends `run_id` when the block does: FAILED if it raised (the error goes on), else FINISHED."""
+        try:
+            yield
+        except BaseException:
+            self.finish(run_id, ok=False)
+            raise
+        self.finish(run_id)
+
     def log_file(self, run_id: str, name: str, text: str, artifact_path: str | None = None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             Path(tmp, name).write_text(text)

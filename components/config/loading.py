@@ -43,25 +43,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
-    set_keys = parse_overrides(overrides or [])
-    for key, value in set_keys.items():
-        _assign(raw, key, value, source)
-    try:
-        return PipelineConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, source, lines, set_keys)) from None
+    return _validated(raw, overrides or [], source, lines)
 
 
-def with_overrides(config: PipelineConfig, overrides: list[str], source: str = "overrides") -> PipelineConfig:
+def with_overrides(config: PipelineConfig, overrides: list[str]) -> PipelineConfig:
     """`config` with `a.b=c` overrides applied and validated again (errors name the override)."""
-    raw = config.model_dump(mode="json")
+    return _validated(config.model_dump(mode="json"), overrides, "overrides", {})
+
+
+def _validated(raw: dict[str, Any], overrides: list[str], source: str, lines: dict) -> PipelineConfig:
     set_keys = parse_overrides(overrides)
     for key, value in set_keys.items():
         _assign(raw, key, value, source)
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source, {}, set_keys)) from None
+        raise ConfigError(_describe(exc, source, lines, set_keys)) from None
 
 
 def _read(path: Path) -> str:

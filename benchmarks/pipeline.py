@@ -43,7 +43,7 @@ def main() -> None:
     first, second = client.search_runs([exp.experiment_id], "tags.`rlhf.kind` = 'pipeline'",
                                        order_by=["attributes.start_time ASC"])
     stages = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{first.info.run_id}'")
-    compute = {r.data.tags["rlhf.stage"]: r.data.metrics["stage/seconds"] for r in stages}
+    compute = {r.data.tags["rlhf.stage"]: r.data.metrics[f"{r.data.tags['rlhf.stage']}/seconds"] for r in stages}
     body = first.data.metrics["pipeline/seconds"]
     print(json.dumps({
         "config": args.config, "cold_s": round(cold, 1), "rerun_s": round(rerun, 1),

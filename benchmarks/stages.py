@@ -39,8 +39,8 @@ def main() -> None:
     print(json.dumps({
         "threads": torch.get_num_threads(),
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
-        "sft_eval_loss": [round(sft_metrics["eval/loss_before"], 4), round(sft_metrics["eval/loss"], 4)],
-        "reward_eval_accuracy": round(rm_metrics["eval/accuracy"], 4),
+        "sft_eval_loss": [round(sft_metrics["sft/eval/loss_before"], 4), round(sft_metrics["sft/eval/loss"], 4)],
+        "reward_eval_accuracy": round(rm_metrics["reward/eval/accuracy"], 4),
     }))
 
 

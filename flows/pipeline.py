@@ -17,6 +17,7 @@ from flows.forms import Approval
 from tasks.context import STAGES, open_context, resolve_config, stages_from
 from tasks.output import StageOutput
 from tasks.runner import RunContext, load_output
+from tasks.tracking import is_key_metric
 from tasks.stages import (champion_task, data_task, evaluate_task, gate_task, ppo_task, promote_task, register_task,
                           reward_task, sft_task)
 
@@ -56,9 +57,10 @@ def rlhf_pipeline(config: PipelineConfig, force: list[Stage] | None = None, from
         approved = ask_approval(decision, p.approval_timeout_s) if decision["promote"] and p.require_approval else True
         promotion = promote_task(decision, approved, version, model_name, config.promotion_metric, ctx)
         seconds = time.perf_counter() - start
+        # every stage's final metrics under the names its own run uses (one quantity, one MLflow column); where PPO's
+        # last held-out evaluation and the evaluation stage measure the same quantity, the evaluation's comes last
         ctx.tracker.logger(ctx.parent_run_id)(0, {"pipeline/seconds": seconds, **{
-            f"{name}/{k}": v for name, out in outputs.items() for k, v in out.metrics.items()
-            if k.startswith("eval") or name == "evaluate"}})
+            k: v for out in outputs.values() for k, v in out.metrics.items()}})
     summary = summarize(config, outputs, ctx, version, seconds) + f"\nPromotion: {promotion['reason']}.\n"
     ctx.tracker.describe(ctx.parent_run_id, summary)  # the run's description in the MLflow UI
     create_markdown_artifact(summary, key="rlhf-pipeline-summary", description="Stages, caching, metrics")
@@ -127,11 +129,10 @@ def summarize(config: PipelineConfig, outputs: dict[str, StageOutput], ctx: RunC
     lines = [f"# {config.name}: pipeline run `{ctx.parent_run_id}`", "",
              f"{seconds:.1f}s. MLflow: {ctx.tracker.uri}, experiment `{config.tracking.experiment or config.name}`. "
              f"Policy registered as `{config.tracking.model_name or config.name + '-policy'}` version {version} "
-             f"(alias `{config.tracking.alias}`).", "",
+             f"(alias `{config.tracking.alias}`). Runs side by side: {ctx.tracker.key_metrics_url()}", "",
              "| stage | cached | output | key metrics |", "|---|---|---|---|"]
     for name, out in outputs.items():
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in out.metrics.items()
-                          if k.startswith(("eval/", "rows/", "policy/", "sft/gold", "sft/score")))
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in out.metrics.items() if is_key_metric(k))
         lines.append(f"| {name} | {'yes' if out.cached else 'no'} | `{out.uri}` | {shown} |")
     return "\n".join(lines) + "\n"
 

@@ -139,15 +139,18 @@ def _feedback(args, config) -> int:
 
 
 def _summary(outputs) -> None:
+    from components.evaluation.metrics import held_out
+    from tasks.tracking import is_key_metric
+
     print("\nsummary")
     for name, out in outputs.items():
-        shown = {k: round(v, 4) for k, v in out.metrics.items()
-                 if k.startswith(("eval/", "rows/")) or k.endswith(("gold_mean", "win_rate_vs_sft", "kl_to_sft"))}
+        shown = {k: round(v, 4) for k, v in out.metrics.items() if is_key_metric(k)}
         print(f"  {name:7s} {'cached' if out.cached else 'ran   '} {out.uri}  {shown}")
     m = outputs["evaluate"].metrics if "evaluate" in outputs else {}
-    if "policy/gold_mean" in m:
-        print(f"  gold score on held-out prompts: SFT {m['sft/gold_mean']:.3f} -> PPO {m['policy/gold_mean']:.3f};"
-              f" PPO wins {m['policy/gold_win_rate_vs_sft']:.0%} of prompts; KL to SFT {m['policy/kl_to_sft']:.2f} nats")
+    if held_out("gold_mean") in m:
+        print(f"  gold score on held-out prompts: SFT {m[held_out('gold_mean', 'sft')]:.3f} -> PPO "
+              f"{m[held_out('gold_mean')]:.3f}; PPO wins {m[held_out('gold_win_rate_vs_sft')]:.0%} of prompts; "
+              f"KL to SFT {m[held_out('kl_to_ref')]:.2f} nats")
     if "ppo" in outputs and outputs["ppo"].mlflow_run_id:
         print(f"  policy: {outputs['ppo'].uri} (MLflow run {outputs['ppo'].mlflow_run_id}); compare runs: rlhf runs")
 

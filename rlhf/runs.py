@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-KEY_METRICS = ("evaluate/policy/gold_mean", "evaluate/policy/gold_win_rate_vs_sft", "evaluate/policy/score_mean",
-               "evaluate/policy/kl_to_sft", "reward/eval/accuracy", "sft/eval/loss", "pipeline/seconds")
 
 
 def comparison(runs: list) -> tuple[list[str], list[list[str]]]:
     """(header, rows) for MLflow runs: id, start, status, stages that ran, differing params, key metrics."""
     differing = sorted(k for k in set().union(*(r.data.params for r in runs))
                        if len({r.data.params.get(k) for r in runs}) > 1)
+    from tasks.tracking import KEY_METRICS
+
     metrics = [m for m in KEY_METRICS if any(m in r.data.metrics for r in runs)]
     header = ["run", "started", "status", "ran"] + differing + metrics
     rows = []

@@ -38,11 +38,13 @@ def register_policy(ctx: RunContext, ppo: StageOutput, name: str, alias: str) ->
             client.log_artifacts(run_id, f"{tmp}/model", "model")
         source = f"{client.get_run(run_id).info.artifact_uri}/model"
         pipeline = ctx.parent_run_id
-        mv = client.create_model_version(name, source, run_id=run_id, run_link=ctx.tracker.run_url(pipeline), description=(
-            f"PPO policy {ppo.uri} (fingerprint {ppo.fingerprint[:12]}), trained by pipeline run {pipeline}; "
-            "the gate's decision is in the rlhf.gate.* tags."), tags={"rlhf.pipeline_run_id": pipeline,
-            "rlhf.uri": ppo.uri, "rlhf.fingerprint": ppo.fingerprint, **{
-                f"metric.{k}": f"{v:.4g}" for k, v in ppo.metrics.items() if k.startswith("eval/")}})
+        # the pipeline run as a markdown link in the description (rendered there), not as run_link: the UI prints a
+        # run_link as raw text over the aliases, and "Source Run" already names the PPO run
+        mv = client.create_model_version(name, source, run_id=run_id, description=(
+            f"PPO policy `{ppo.uri}` (fingerprint {ppo.fingerprint[:12]}), trained by pipeline run "
+            f"[{pipeline}]({ctx.tracker.run_url(pipeline)}). The gate's decision and the evaluation's key metrics "
+            "are in the rlhf.gate.* and metric.* tags."),
+            tags={"rlhf.pipeline_run_id": pipeline, "rlhf.uri": ppo.uri, "rlhf.fingerprint": ppo.fingerprint})
     client.set_registered_model_alias(name, alias, mv.version)
     ctx.tracker.tag(ctx.parent_run_id, {"rlhf.registered_model": f"{name}/{mv.version}@{alias}"})
     return mv.version
@@ -56,7 +58,8 @@ def record_decision(ctx: RunContext, name: str, version: str, metric: str, decis
     """The gate's metric, numbers and decision on the model version itself (its tags in the registry UI)."""
     tags = {"rlhf.gate.metric": metric, "rlhf.gate.decision": "promoted" if decision["promoted"] else "kept champion",
             "rlhf.gate.reason": decision["reason"][:5000], "rlhf.gate.pipeline_run_id": ctx.parent_run_id,
-            **{f"rlhf.gate.{k}": f"{decision[k]:.4g}" for k in ("candidate", "champion") if decision.get(k) is not None}}
+            **{f"rlhf.gate.{k}": f"{decision[k]:.4g}" for k in ("candidate", "champion") if decision.get(k) is not None},
+            **{f"metric.{k}": f"{v:.4g}" for k, v in decision.get("metrics", {}).items()}}
     for key, value in tags.items():
         ctx.tracker.client.set_model_version_tag(name, version, key, value)
 

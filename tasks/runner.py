@@ -76,8 +76,8 @@ def execute(stage: str, version: str, config: Any, parents: dict[str, StageOutpu
         with _slots(getattr(config, "compute", None)), PeakRSS() as memory, ctx.tracker.system_metrics(run_id):
             started = time.perf_counter()
             metrics = compute(inputs, work, StageRun(run_id, ctx.tracker))
-        stage_stats = {"stage/seconds": time.perf_counter() - started,  # compute only: what overhead is measured on
-                       "stage/peak_rss_mb": memory.peak_mb}  # this process and its children (torchrun ranks)
+        stage_stats = {f"{stage}/seconds": time.perf_counter() - started,  # compute only: what overhead is measured on
+                       f"{stage}/peak_rss_mb": memory.peak_mb}  # this process and its children (torchrun ranks)
         ctx.tracker.logger(run_id)(0, stage_stats)
         meta = {"version": version, "config_hash": config_hash, "parents": fingerprints, "mlflow_run_id": run_id,
                 "metrics": {k: float(v) for k, v in {**metrics, **stage_stats}.items() if isinstance(v, (int, float))}}

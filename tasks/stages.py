@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components.data.config import DataConfig
 from components.evaluation.config import EvaluationConfig, PromotionConfig
+from components.evaluation.metrics import held_out
 from components.models.config import ScorerSpec
 from components.ppo.config import PPOConfig
 from components.reward.config import RewardConfig
@@ -22,6 +23,7 @@ from components.sft.config import SFTConfig
 from tasks.launcher import run_launched
 from tasks.output import StageOutput
 from tasks.runner import RunContext, execute, load_output
+from tasks.tracking import KEY_METRICS
 
 VERSIONS = {"data": "1", "sft": "1", "reward": "1", "ppo": "1", "evaluate": "1"}
 
@@ -32,7 +34,7 @@ def data_task(config: DataConfig, ctx: RunContext) -> StageOutput:
         from components.data.prepare import prepare  # imports in compute: a cached stage loads no ML code
         prepared = prepare(config, out)
         ctx.tracker.log_file(ctx.parent_run_id, "data_manifest.json", json.dumps(prepared.manifest, indent=1))
-        return {f"rows/{k}": float(v) for k, v in prepared.manifest["counts"].items()}
+        return {f"data/rows/{k}": float(v) for k, v in prepared.manifest["counts"].items()}
 
     return execute("data", VERSIONS["data"], config, {}, compute, ctx)
 
@@ -105,7 +107,7 @@ def evaluate_task(config: EvaluationConfig, max_length: int, gold: str | None, s
         baselines = {"sft": inputs["sft"], **({"champion": inputs["champion"]} if "champion" in inputs else {})}
         metrics = run(config, inputs["data"], inputs["ppo"], baselines,
                       scorer or ScorerSpec(name_or_path=str(inputs["reward"])), out, max_length, gold_fn=load_gold(gold))
-        if metrics.get("reward_hacking"):
+        if metrics.get(held_out("reward_hacking")):
             ctx.tracker.tag(stage_run.run_id, {"rlhf.reward_hacking": "flagged"})
         stage_run.on_log(0, metrics)
         rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
@@ -159,7 +161,7 @@ def gate_task(evaluation: StageOutput, ppo: StageOutput, champion: StageOutput |
     decision = decide(evaluation.metrics, metric, promotion.margin, promotion.sft_margin,
                       promotion.min_win_rate_vs_sft if promotion.require_beating_sft else None)
     return {"promote": decision.promote, "reason": decision.reason, "candidate": decision.candidate,
-            "champion": decision.champion}
+            "champion": decision.champion, "metrics": {k: v for k, v in evaluation.metrics.items() if k in KEY_METRICS}}
 
 
 @task(name="promote", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)

@@ -17,6 +17,40 @@ from mlflow.tracking import MlflowClient
 EXPERIMENT_KIND = "mlflow.experimentKind"  # read by the MLflow 3 UI to pick the experiment's default view
 NOTE = "mlflow.note.content"  # a run's description in the MLflow UI
 PARAM_LIMIT = 500  # characters; longer values are cut (MLflow rejects very long params)
+# What a person compares pipeline runs by: held-out gold and reward-model score of the policy, its win rate and KL
+# against SFT, the reward model's and SFT's held-out quality, wall time. The same names in every run that has them.
+KEY_METRICS = ("eval/gold_mean", "eval/score_mean", "eval/gold_win_rate_vs_sft", "eval/kl_to_ref",
+               "reward/eval/accuracy", "sft/eval/loss", "pipeline/seconds")
+# The runs table with KEY_METRICS as columns, saved as the UI's "Save view" saves one (an experiment tag holding a
+# name and the deflated view state): listed under Views as "Key metrics", opened by KEY_VIEW's link. The default
+# table shows no metric columns at all.
+SHARED_VIEW, KEY_VIEW = "mlflow.sharedViewState.", "rlhf-key-metrics"
+PRIMARY_METRIC = "mlflow.experiment.primaryMetric.name"  # the UI's first chart
+ML_WORKFLOW = "workflowType=machine_learning"  # the UI opens on the GenAI overview unless a link says otherwise
+
+
+def is_key_metric(name: str) -> bool:
+    return name in KEY_METRICS or name.startswith(("eval/", "data/rows/"))
+
+
+def saved_view(name: str, columns: list[str]) -> str:
+    """A runs-table view in the MLflow UI's saved-view format: metric columns, newest run first."""
+    import base64
+    import zlib
+
+    state = json.dumps({"selectedColumns": [f"metrics.`{m}`" for m in columns], "orderByKey": "attributes.start_time",
+                        "orderByAsc": False}, separators=(",", ":"))
+    packed = "deflate;" + base64.b64encode(zlib.compress(state.encode())).decode()
+    return json.dumps({"name": name, "createdAt": int(time.time() * 1000), "state": packed})
+
+
+def view_columns(tag_value: str) -> list[str]:
+    """The metric columns of a saved view (the inverse of `saved_view`)."""
+    import base64
+    import zlib
+
+    state = json.loads(zlib.decompress(base64.b64decode(json.loads(tag_value)["state"].removeprefix("deflate;"))))
+    return [c.removeprefix("metrics.`").removesuffix("`") for c in state["selectedColumns"]]
 
 
 def default_tracking_uri(state_dir: str | Path) -> str:
@@ -59,6 +93,11 @@ class Tracker:
                               self.client.create_experiment(experiment, artifact_location=artifact_location))
         if found is None or EXPERIMENT_KIND not in found.tags:  # the UI opens on runs, not the GenAI overview
             self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, "custom_model_development")
+        stored = found.tags.get(SHARED_VIEW + KEY_VIEW) if found else None
+        if stored is None or view_columns(stored) != list(KEY_METRICS):
+            self.client.set_experiment_tag(self.experiment_id, SHARED_VIEW + KEY_VIEW,
+                                           saved_view("Key metrics", list(KEY_METRICS)))
+            self.client.set_experiment_tag(self.experiment_id, PRIMARY_METRIC, KEY_METRICS[0])
 
     def start_run(self, name: str, params: dict[str, str], tags: dict[str, str], parent: str | None = None) -> str:
         if parent:
@@ -80,7 +119,12 @@ class Tracker:
 
     def run_url(self, run_id: str) -> str:
         """The run's page in the MLflow UI (for an http tracking server; else the run's experiment/run ids)."""
-        path = f"#/experiments/{self.experiment_id}/runs/{run_id}"
+        path = f"#/experiments/{self.experiment_id}/runs/{run_id}?{ML_WORKFLOW}"
+        return f"{self.uri.rstrip('/')}/{path}" if self.uri.startswith("http") else path
+
+    def key_metrics_url(self) -> str:
+        """The experiment's runs table with KEY_METRICS as columns, in the MLflow UI."""
+        path = f"#/experiments/{self.experiment_id}/runs?{ML_WORKFLOW}&viewStateShareKey={KEY_VIEW}"
         return f"{self.uri.rstrip('/')}/{path}" if self.uri.startswith("http") else path
 
     @contextlib.contextmanager

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -18,12 +19,20 @@ ROOT = Path(__file__).parents[1]
 PREFECT = [sys.executable, "-m", "prefect"]
 
 
-def api(base: str, path: str, body: dict | None = None):
+def api(base: str, path: str, body: dict | None = None, retries: int = 6):
+    """One REST call. 503 is what the server answers while its sqlite database is locked by its own services (its
+    scheduler, triggers); Prefect's client retries it with backoff, and so does this one."""
     request = urllib.request.Request(f"{base}{path}", data=json.dumps(body).encode() if body is not None else None,
                                      headers={"Content-Type": "application/json"},
                                      method="POST" if body is not None else "GET")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read() or b"null")
+    for attempt in range(retries + 1):
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            if error.code != 503 or attempt == retries:
+                raise
+            time.sleep(0.5 * 2 ** attempt)
 
 
 @contextlib.contextmanager

@@ -87,7 +87,8 @@ def train(engine, plan: LoopPlan, step_fn: Callable[[list[int]], tuple[torch.Ten
           evaluate: Callable[[], dict[str, float]], on_log: LogFn | None = None) -> dict[str, float]:
     """Run `plan.total_steps` optimizer steps. `step_fn(indices)` returns (loss, metrics) for one micro batch;
     `evaluate()` returns held-out metrics (called on every rank, as ZeRO-3 forwards need them all).
-    Returns the last training and evaluation metrics."""
+    Returns the last training and evaluation metrics, named `<plan.name>/train/<k>` and `<plan.name>/eval/<k>`:
+    SFT's and the reward model's losses are different quantities, so they never share a name (nor an MLflow column)."""
     sums: dict[str, float] = {}
     count, micro, t0, last, reported = 0, 0, time.perf_counter(), {}, 0
     engine.train()
@@ -102,9 +103,9 @@ def train(engine, plan: LoopPlan, step_fn: Callable[[list[int]], tuple[torch.Ten
             continue
         step = micro // plan.grad_accum
         if step % plan.log_every == 0 or step == plan.total_steps:
-            last = {f"train/{k}": v / count for k, v in sums.items()}
-            last["train/lr"] = engine.get_lr()[0]
-            last["train/steps_per_s"] = (step - reported) / max(time.perf_counter() - t0, 1e-9)
+            last = {f"{plan.name}/train/{k}": v / count for k, v in sums.items()}
+            last[f"{plan.name}/train/lr"] = engine.get_lr()[0]
+            last[f"{plan.name}/train/steps_per_s"] = (step - reported) / max(time.perf_counter() - t0, 1e-9)
             _report(plan, step, last, on_log)
             sums, count, t0, reported = {}, 0, time.perf_counter(), step
         if step % plan.eval_every == 0 or step == plan.total_steps:
@@ -115,7 +116,7 @@ def train(engine, plan: LoopPlan, step_fn: Callable[[list[int]], tuple[torch.Ten
 def _evaluate(engine, plan: LoopPlan, step: int, evaluate, on_log) -> dict[str, float]:
     engine.eval()
     with torch.no_grad():
-        metrics = {f"eval/{k}": v for k, v in evaluate().items()}
+        metrics = {f"{plan.name}/eval/{k}": v for k, v in evaluate().items()}
     engine.train()
     _report(plan, step, metrics, on_log)
     return metrics

@@ -16,7 +16,7 @@ from components.data.prepare import load_data_tokenizer, read_split
 from components.evaluation.config import EvaluationConfig
 from components.evaluation import report
 from components.evaluation.gate import reward_hacking
-from components.evaluation.metrics import distinct_n, per_prompt_means, win_rate
+from components.evaluation.metrics import distinct_n, held_out, per_prompt_means, win_rate
 from components.io.atomic import atomic_dir
 from components.models.config import ModelSpec, ScorerSpec
 from components.models.loading import causal_lm, disable_dropout
@@ -54,7 +54,7 @@ def sample(config: EvaluationConfig, lm, reference, scorer: Scorer, tokenizer, p
 
 def summarize(rows: list[dict], has_gold: bool) -> dict[str, float]:
     texts = [r["response"] for r in rows]
-    out = {"score_mean": float(np.mean([r["score"] for r in rows])), "kl_to_sft": float(np.mean([r["kl"] for r in rows])),
+    out = {"score_mean": float(np.mean([r["score"] for r in rows])), "kl_to_ref": float(np.mean([r["kl"] for r in rows])),
            "length_mean": float(np.mean([r["length"] for r in rows])),
            "distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2)}
     out["score_std"] = float(np.std([r["score"] for r in rows]))
@@ -83,15 +83,15 @@ def run(config: EvaluationConfig, data_dir: str | Path, policy_dir: str | Path, 
         summary = summarize(rows, gold_fn is not None)
         with torch.no_grad():
             summary["sft_eval_perplexity"] = evaluate_loss(lm, sft_eval, tokenizer.pad_token_id, 64)["perplexity"]
-        metrics.update({f"{name}/{k}": v for k, v in summary.items()})
+        metrics.update({held_out(k, name): v for k, v in summary.items()})
         all_rows += [{"model": name, **r} for r in rows]
     for name in baselines:
         for key in (("gold", "score") if gold_fn else ("score",)):
-            metrics[f"policy/{key}_win_rate_vs_{name}"] = win_rate(per_prompt_means(per_model["policy"], key),
-                                                                   per_prompt_means(per_model[name], key))
+            metrics[held_out(f"{key}_win_rate_vs_{name}")] = win_rate(per_prompt_means(per_model["policy"], key),
+                                                                      per_prompt_means(per_model[name], key))
     if gold_fn is not None:
         flagged, excess = reward_hacking(metrics, config.reward_hacking_threshold)
-        metrics.update({"reward_hacking": float(flagged), "reward_hacking_excess": excess})
+        metrics.update({held_out("reward_hacking"): float(flagged), held_out("reward_hacking_excess"): excess})
     with atomic_dir(out_dir) as tmp:
         (tmp / "report.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
         (tmp / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in all_rows))

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from components.evaluation.metrics import held_out
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -14,12 +16,12 @@ class Decision:
 
 def decide(metrics: dict[str, float], metric: str, margin: float, sft_margin: float = 0.0,
            min_win_rate_vs_sft: float | None = 0.5) -> Decision:
-    """Promote when policy/<metric> beats the SFT baseline (by more than `sft_margin`, winning at least
-    `min_win_rate_vs_sft` of prompts; None skips this check) and there is no champion or
-    policy/<metric> >= champion/<metric> + margin."""
-    candidate, champion = metrics[f"policy/{metric}"], metrics.get(f"champion/{metric}")
-    sft = metrics.get(f"sft/{metric}") if min_win_rate_vs_sft is not None else None
-    win_key = f"policy/{metric.removesuffix('_mean')}_win_rate_vs_sft"
+    """Promote when the policy's `metric` (eval/<metric>) beats the SFT baseline's (eval/sft/<metric>) by more than
+    `sft_margin`, winning at least `min_win_rate_vs_sft` of prompts (None skips this check), and there is no
+    champion or the policy's >= the champion's (eval/champion/<metric>) + margin."""
+    candidate, champion = metrics[held_out(metric)], metrics.get(held_out(metric, "champion"))
+    sft = metrics.get(held_out(metric, "sft")) if min_win_rate_vs_sft is not None else None
+    win_key = held_out(f"{metric.removesuffix('_mean')}_win_rate_vs_sft")
     if sft is not None and not candidate > sft + sft_margin:
         return Decision(False, f"candidate {metric}={candidate:.4g} does not beat SFT {sft:.4g} + margin "
                                f"{sft_margin:g}", candidate, champion)
@@ -43,7 +45,8 @@ def reward_hacking(metrics: dict[str, float], threshold: float) -> tuple[bool, f
     """(flagged, excess): excess = reward-model gain minus gold gain over SFT, each in SFT standard deviations.
     A policy that pleases the reward model far more than the gold scorer is exploiting the reward model."""
     def gain(key: str) -> float:
-        return (metrics[f"policy/{key}_mean"] - metrics[f"sft/{key}_mean"]) / max(metrics[f"sft/{key}_std"], 1e-6)
+        sft_std = max(metrics[held_out(f"{key}_std", "sft")], 1e-6)
+        return (metrics[held_out(f"{key}_mean")] - metrics[held_out(f"{key}_mean", "sft")]) / sft_std
 
     excess = gain("score") - gain("gold")
     return excess > threshold, excess

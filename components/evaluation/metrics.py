@@ -4,6 +4,14 @@ from __future__ import annotations
 from collections import defaultdict
 
 
+def held_out(quantity: str, model: str = "policy") -> str:
+    """The one metric name of `quantity` (gold_mean, score_mean, kl_to_ref, gold_win_rate_vs_sft, ...) measured on
+    held-out prompts: `eval/<quantity>` for the policy being trained or evaluated, `eval/<model>/<quantity>` for
+    another model (sft, champion, PPO's initial policy). PPO's periodic evaluations, the evaluation stage and the
+    pipeline's MLflow run all name them here, so one quantity is one column in MLflow's runs table."""
+    return f"eval/{quantity}" if model == "policy" else f"eval/{model}/{quantity}"
+
+
 def per_prompt_means(rows: list[dict], key: str) -> dict[int, float]:
     """Mean of `key` over the samples of each prompt: rows carry `prompt_index` and `key`."""
     groups: dict[int, list[float]] = defaultdict(list)

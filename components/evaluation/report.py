@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from components.evaluation.metrics import held_out  # noqa: E402
+
 
 def read_history(ppo_dir: str | Path) -> list[dict]:
     path = Path(ppo_dir) / "history.jsonl"
@@ -21,8 +23,8 @@ def read_history(ppo_dir: str | Path) -> list[dict]:
 def plot_curves(history: list[dict], path: Path) -> None:
     """PPO reward, gold (held-out evaluations) and KL to the reference over iterations."""
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    series = [("reward/score_mean", "reward model score (train)"), ("eval/gold_mean", "gold score (held-out)"),
-              ("kl/ref", "KL to reference (nats)")]
+    series = [("objective/scores", "reward model score (train)"), (held_out("gold_mean"), "gold score (held-out)"),
+              ("objective/kl", "KL to reference (nats)")]
     for ax, (key, title) in zip(axes, series):
         points = [(h["iteration"], h[key]) for h in history if key in h]
         if points:
@@ -47,16 +49,19 @@ def plot_scores(rows: list[dict], key: str, path: Path) -> None:
 
 
 def markdown(metrics: dict[str, float], rows: list[dict], models: list[str], threshold: float) -> str:
-    keys = sorted({k.split("/", 1)[1] for k in metrics if k.split("/")[0] in models and "win_rate" not in k})
+    per_model = {m: {k.removeprefix(held_out("", m)): v for k, v in metrics.items() if k.startswith(held_out("", m))
+                     and "/" not in k.removeprefix(held_out("", m)) and "win_rate" not in k and "hacking" not in k}
+                 for m in models}
+    keys = sorted({k for values in per_model.values() for k in values})
     lines = ["# Evaluation", "", "| metric | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
     for key in keys:
-        cells = [f"{metrics[f'{m}/{key}']:.4g}" if f"{m}/{key}" in metrics else "" for m in models]
+        cells = [f"{per_model[m][key]:.4g}" if key in per_model[m] else "" for m in models]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     lines += ["", *(f"- {k}: {v:.1%}" for k, v in sorted(metrics.items()) if "win_rate" in k)]
-    if "reward_hacking" in metrics:
-        verdict = "**FLAGGED**" if metrics["reward_hacking"] else "not flagged"
+    if held_out("reward_hacking") in metrics:
+        verdict = "**FLAGGED**" if metrics[held_out("reward_hacking")] else "not flagged"
         lines.append(f"- reward hacking: {verdict} (reward-model gain exceeds gold gain by "
-                     f"{metrics['reward_hacking_excess']:.2f} SFT std; threshold {threshold:g})")
+                     f"{metrics[held_out('reward_hacking_excess')]:.2f} SFT std; threshold {threshold:g})")
     lines += ["", "![PPO curves](curves.png)", "", "![scores](scores.png)", "", "## Samples", ""]
     for r in [r for r in rows if r["model"] == "policy"][:5]:
         prompt = r["prompt"].strip().replace("\n", " ↵ ").replace("`", "'")  # a chat template's newlines

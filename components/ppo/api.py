@@ -14,7 +14,7 @@ from components.compute.engine import is_rank0, world
 from components.compute.loop import LogFn, metrics_file, reproducible
 from components.data.prepare import load_data_tokenizer, read_split
 from components.errors import ConfigError, DataError
-from components.evaluation.metrics import per_prompt_means, win_rate
+from components.evaluation.metrics import held_out, per_prompt_means, win_rate
 from components.models.config import ModelSpec, ScorerSpec
 from components.models.loading import load_tokenizer
 from components.ppo.config import PPOConfig
@@ -108,14 +108,15 @@ def fit(trainer: PPOTrainer, eval_prompts: list[list[int]], eval_texts: list[str
             key = "gold" if gold_fn is not None else "score"
             metrics[f"{key}_win_rate_vs_initial"] = win_rate(per_prompt_means(result.eval_rows, key),
                                                              per_prompt_means(result.eval_before_rows, key))
-        result.metrics.update({f"eval/{k}": v for k, v in metrics.items()})
-        report(trainer.iteration, {f"eval/{k}": v for k, v in metrics.items()})
+        named = {held_out(k): v for k, v in metrics.items()}
+        result.metrics.update(named)
+        report(trainer.iteration, named)
         if on_samples is not None and is_rank0():
             on_samples(trainer.iteration, result.eval_rows)
 
     if trainer.iteration == 0 and eval_prompts:
         evaluate()
-        result.metrics = {f"{k.replace('eval/', 'eval_before/')}": v for k, v in result.metrics.items()}
+        result.metrics = {held_out(k.removeprefix(held_out("")), "initial"): v for k, v in result.metrics.items()}
         result.eval_before_rows = result.eval_rows
     while trainer.iteration < c.iterations:
         stats = trainer.step()

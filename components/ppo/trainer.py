@@ -118,18 +118,22 @@ class PPOTrainer:
             advantages = masked_whiten(advantages, mask)
         kept = batch.keep.float()
         seq_kl = ((batch.logprobs - batch.ref_logprobs) * mask).sum(1)  # (B,) k1 per sequence
-        stats = {"reward/score_mean": masked_mean(batch.scores, kept).item(),
-                 "reward/score_std": batch.scores[batch.keep].std().item() if kept.sum() > 1 else 0.0,
-                 "reward/shaped_mean": masked_mean(shaped, kept).item(),
-                 "reward/nonfinite_skipped": float((~batch.keep).sum()),
-                 "kl/ref": masked_mean(seq_kl, kept).item(), "kl/coef": self.kl_ctl.value,
-                 "response/length": batch.response_mask.sum(1).mean().item(),
-                 "response/eos_frac": batch.has_eos.float().mean().item(),
-                 "value/mean": masked_mean(batch.values, mask).item()}
+        # TRL's PPOTrainer names (objective/, policy/, loss/, val/), so its users read these curves as they know them
+        score, kl_mean = masked_mean(batch.scores, kept).item(), masked_mean(seq_kl, kept).item()
+        stats = {"objective/scores": score,
+                 "objective/scores_std": batch.scores[batch.keep].std().item() if kept.sum() > 1 else 0.0,
+                 "objective/shaped_scores": masked_mean(shaped, kept).item(),
+                 "objective/kl": kl_mean, "objective/kl_coef": self.kl_ctl.value,
+                 "objective/non_score_reward": -self.kl_ctl.value * kl_mean,
+                 "objective/rlhf_reward": score - self.kl_ctl.value * kl_mean,
+                 "objective/nonfinite_skipped": float((~batch.keep).sum()),
+                 "val/response_length": batch.response_mask.sum(1).mean().item(),
+                 "val/eos_frac": batch.has_eos.float().mean().item(),
+                 "val/value_mean": masked_mean(batch.values, mask).item()}
         scorer = self.models.scorer
         if scorer is not None and not scorer.same:  # re-tokenised for a scorer with its own tokenizer
-            stats["reward/scorer_truncated"] = float(scorer.truncated)
-        self.kl_ctl.update(stats["kl/ref"], len(kept))
+            stats["objective/scorer_truncated"] = float(scorer.truncated)
+        self.kl_ctl.update(kl_mean, len(kept))
         return mask, advantages, returns, stats
 
     # -- phase 4: update ----------------------------------------------------------------------------------------
@@ -162,8 +166,9 @@ class PPOTrainer:
         mask, advantages, returns = mask[:, :r], advantages[:, :r], returns[:, :r]
         logits, values = self.models.actor(mb.input_ids, mb.attention_mask, r, c.rollout.temperature)
         logprobs, entropy = logprobs_and_entropy(logits, mb.input_ids[:, -r:])
-        loss, stats = policy_loss(logprobs, mb.logprobs, advantages, mask, c.clip_eps)
-        stats = {"policy/loss": loss.detach(), "policy/entropy": masked_sum(entropy.detach(), mask), **stats}
+        loss, pg = policy_loss(logprobs, mb.logprobs, advantages, mask, c.clip_eps)
+        stats = {"loss/policy_avg": loss.detach(), "policy/entropy_avg": masked_sum(entropy.detach(), mask),
+                 "policy/clipfrac_avg": pg["clipfrac"], "policy/approxkl_avg": pg["approx_kl"]}
         if c.entropy_coef:
             loss = loss - c.entropy_coef * masked_sum(entropy, mask)
         if not c.kl.in_reward:
@@ -171,14 +176,14 @@ class PPOTrainer:
         if values is None:  # separate critic: its own engine and step
             values = response_values(self.models.critic, mb.input_ids, mb.attention_mask, r)
         vf_loss, vf_stats = value_loss(values, mb.values, returns, mask, c.vf_clip)
-        stats.update({"value/loss": vf_loss.detach(), **vf_stats})
+        stats.update({"loss/value_avg": vf_loss.detach(), "val/clipfrac_avg": vf_stats["vf_clipfrac"]})
         if self.models.critic is None:
             loss = loss + c.vf_coef * vf_loss
         loss = loss * scale
         if c.ptx_coef and self.ptx_examples:
             ptx = self._ptx_loss(len(mask))
             loss = loss + c.ptx_coef * ptx
-            stats["ptx/loss"] = ptx.detach() * mask.sum()  # token-weighted like the other stats
+            stats["loss/ptx_avg"] = ptx.detach() * mask.sum()  # token-weighted like the other stats
         self.models.actor.backward(loss)
         self.models.actor.step()
         if self.models.critic is not None:
@@ -233,7 +238,8 @@ class PPOTrainer:
                                                       messages=[messages[i] for i in chunk] if messages else None)
             rows += sample_rows(batch, responses, batch.scores, chunk, texts, gold_fn)
         rows = _gather_rows(rows)
-        metrics = {f"{k}_mean": float(np.mean([r[k] for r in rows])) for k in ("score", "kl", "length")}
+        metrics = {name: float(np.mean([r[k] for r in rows]))  # named as the evaluation stage names them
+                   for name, k in (("score_mean", "score"), ("kl_to_ref", "kl"), ("length_mean", "length"))}
         if gold_fn is not None:
             metrics["gold_mean"] = float(np.mean([r["gold"] for r in rows]))
         return metrics, rows

@@ -18,7 +18,7 @@ from components.sft.data import collate, encode, token_nll
 def run(config: SFTConfig, data_dir: str | Path, out_dir: str | Path, max_length: int,
         on_log: LogFn | None = None) -> dict[str, float]:
     """Train, then write a HF directory (model + tokenizer + metrics.json) to `out_dir` atomically.
-    Returns metrics including `eval/loss_before`, `eval/loss` and `eval/perplexity`."""
+    Returns metrics including `sft/eval/loss_before`, `sft/eval/loss` and `sft/eval/perplexity`."""
     ds.init_distributed()
     torch.manual_seed(config.seed)
     tokenizer = load_data_tokenizer(data_dir)
@@ -40,7 +40,7 @@ def run(config: SFTConfig, data_dir: str | Path, out_dir: str | Path, max_length
     engine.eval()
     with torch.no_grad():
         before = evaluate()
-    metrics = {"eval/loss_before": before["loss"], **train(engine, plan, step_fn, evaluate, on_log)}
+    metrics = {"sft/eval/loss_before": before["loss"], **train(engine, plan, step_fn, evaluate, on_log)}
     ds.save_hf(engine, tokenizer, out_dir, {"metrics.json": metrics_file(metrics)}, select=merged)
     return metrics
 

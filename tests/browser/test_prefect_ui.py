@@ -1,22 +1,15 @@
-"""What a person sees in the Prefect UI, in headless Chromium (Debian's `chromium` + `chromium-driver`, selenium from
-the `browser` extra): the Run form of a deployment, and the human-feedback form answered and submitted with the mouse.
-Skipped where no browser is installed; `RLHF_SCREENSHOTS=DIR` keeps the screenshots."""
+"""What a person sees in the Prefect UI, in headless Chromium: the Run form of a deployment, and the human-feedback
+form answered and submitted with the mouse."""
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
+from tests.browser.conftest import text as _text
 from tests.prefect_server import ROOT, api, deploy_all, prefect_server
-
-webdriver = pytest.importorskip("selenium.webdriver")
-CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(CHROMEDRIVER is None, reason="no chromium-driver (apt-get install chromium-driver)")
 
 
 @pytest.fixture(scope="module")
@@ -25,27 +18,6 @@ def ui(tmp_path_factory):
     with prefect_server(tmp, ui=True) as (base, env):
         deploy_all(env)
         yield base, env, tmp
-
-
-@pytest.fixture
-def browser(tmp_path):
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    shots = Path(os.environ.get("RLHF_SCREENSHOTS", tmp_path))
-    shots.mkdir(parents=True, exist_ok=True)
-    driver.shot = lambda name: driver.save_screenshot(str(shots / f"{name}.png"))
-    yield driver
-    driver.quit()
-
-
-def _text(driver, wait: float = 8.0) -> str:
-    time.sleep(wait)  # the UI is a single-page app that fills in after load
-    return driver.find_element("tag name", "body").text
 
 
 def test_the_run_form_of_a_deployment_shows_its_defaults_and_descriptions(ui, browser):

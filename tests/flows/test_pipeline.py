@@ -13,6 +13,7 @@ from moto.server import ThreadedMotoServer
 from components.compute.net import free_port
 from components.config.loading import load_config
 from components.io.store import StoreError
+from tasks.tracking import view_columns
 
 BUCKET, PREFIX = "rlhf", "pipeline"
 
@@ -96,25 +97,35 @@ def test_every_stage_lands_in_s3_and_mlflow(env, first):
     client = _tracker(env).client
     sft_run = client.get_run(first["sft"].mlflow_run_id)
     assert sft_run.data.params["lr"] and sft_run.data.params["data.max_length"] == "64"
-    assert len(client.get_metric_history(sft_run.info.run_id, "train/loss")) >= 1
-    ppo_history = client.get_metric_history(first["ppo"].mlflow_run_id, "reward/score_mean")
+    assert len(client.get_metric_history(sft_run.info.run_id, "sft/train/loss")) >= 1
+    ppo_history = client.get_metric_history(first["ppo"].mlflow_run_id, "objective/scores")
     assert [m.step for m in ppo_history] == [1, 2]
     tables = [a.path for a in client.list_artifacts(first["ppo"].mlflow_run_id, "samples")]
     assert tables == ["samples/iteration_00000.json", "samples/iteration_00002.json"]  # one per PPO evaluation
     evaluation = first["evaluate"].metrics
-    assert {"policy/gold_mean", "sft/gold_mean", "policy/gold_win_rate_vs_sft", "policy/kl_to_sft"} <= set(evaluation)
+    assert {"eval/gold_mean", "eval/sft/gold_mean", "eval/gold_win_rate_vs_sft", "eval/kl_to_ref"} <= set(evaluation)
     version = client.get_model_version_by_alias("rlhf-tiny-policy", "candidate")
     assert version.run_id == first["ppo"].mlflow_run_id
     assert version.tags["rlhf.gate.decision"] == "promoted" and version.tags["rlhf.gate.metric"] == "gold_mean"
     assert version.tags["rlhf.gate.reason"] and first["ppo"].uri in version.description
     parent = client.get_run(version.tags["rlhf.pipeline_run_id"])  # the version links to its pipeline run
     assert parent.data.tags["rlhf.kind"] == "pipeline" and "| ppo | no |" in parent.data.tags["mlflow.note.content"]
-    assert version.run_link.endswith(f"/runs/{parent.info.run_id}")
+    assert f"/runs/{parent.info.run_id}?workflowType=machine_learning)" in version.description  # a markdown link
+    assert float(version.tags["metric.eval/gold_mean"]) == pytest.approx(first["evaluate"].metrics["eval/gold_mean"],
+                                                                         rel=1e-3)  # the evaluation's, as gated
     experiment = client.get_experiment(parent.info.experiment_id)  # opens on runs, not the GenAI overview
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     system = [k for s in ("sft", "reward", "ppo") for k in client.get_run(first[s].mlflow_run_id).data.metrics
               if k.startswith("system/")]
     assert "system/cpu_utilization_percentage" in system and "system/system_memory_usage_megabytes" in system
+    # one quantity, one column: the policy's held-out gold has the same name on the pipeline run, the evaluation
+    # run and PPO's run (where it is a curve), so comparing any of them leaves no blank cell
+    runs = {"pipeline": parent, **{s: client.get_run(first[s].mlflow_run_id) for s in ("ppo", "evaluate")}}
+    assert all("eval/gold_mean" in r.data.metrics for r in runs.values())
+    assert parent.data.metrics["eval/gold_mean"] == runs["evaluate"].data.metrics["eval/gold_mean"]
+    shown = view_columns(experiment.tags["mlflow.sharedViewState.rlhf-key-metrics"])  # the "Key metrics" view
+    assert shown and all(m in parent.data.metrics for m in shown)  # every column filled for a pipeline run
+    assert "viewStateShareKey=rlhf-key-metrics" in parent.data.tags["mlflow.note.content"]
     report = Path(client.download_artifacts(first["evaluate"].mlflow_run_id, "report/report.html")).read_text()
     assert report.count("<img alt=") == 2 and report.count('src="data:image/png;base64,') == 2  # plots inside
     with get_client(sync_client=True) as prefect:  # the Prefect artifact carries its plots too
@@ -141,7 +152,7 @@ def test_a_ppo_setting_reruns_ppo_and_evaluation_only(env, first):
     assert [s for s, o in changed.items() if not o.cached] == ["ppo", "evaluate"]
     assert changed["ppo"].cache_key != first["ppo"].cache_key
     assert _stages_ran(env, changed) == ["evaluate", "ppo"]
-    assert {"champion/gold_mean", "policy/gold_win_rate_vs_champion"} <= set(changed["evaluate"].metrics)
+    assert {"eval/champion/gold_mean", "eval/gold_win_rate_vs_champion"} <= set(changed["evaluate"].metrics)
     client = _tracker(env).client
     assert client.get_model_version_by_alias("rlhf-tiny-policy", "champion").run_id == first["ppo"].mlflow_run_id
     assert client.get_model_version_by_alias("rlhf-tiny-policy", "candidate").run_id == changed["ppo"].mlflow_run_id

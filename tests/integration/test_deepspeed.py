@@ -15,7 +15,7 @@ def first_losses(demo_data, tmp_path, stage: int) -> list[float]:
                                                "sft.log_every=1", "sft.eval_every=1000"])
     logged = []
     run(config.sft, demo_data.path, tmp_path / f"z{stage}", 64, on_log=lambda s, m: logged.append(m))
-    return [m["train/loss"] for m in logged if "train/loss" in m]
+    return [m["sft/train/loss"] for m in logged if "sft/train/loss" in m]
 
 
 def test_zero_stage_0_and_3_give_the_same_losses(demo_data, tmp_path):

@@ -21,7 +21,7 @@ def _prompts(demo_data, n=32):
 
 
 def _iterations(result):
-    return [h for h in result.history if "policy/loss" in h]
+    return [h for h in result.history if "loss/policy_avg" in h]
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +38,10 @@ def test_ppo_beats_sft_by_the_gold_scorer(ppo_run):
     # The gold scorer never trained anything: a rise is real. Each held-out prompt is compared by its mean
     # gold score over 4 samples from the PPO policy and 4 from the SFT policy (ties count half).
     assert m["eval/gold_win_rate_vs_initial"] >= 0.75, m
-    assert m["eval/gold_mean"] > m["eval_before/gold_mean"] + 1.0, m
-    assert m["eval/score_mean"] > m["eval_before/score_mean"], m
-    assert 0.0 < m["eval/kl_mean"] < 20.0, m  # KL to the reference stays bounded (nats per response)
-    assert [step for step, x in logged if "policy/loss" in x] == list(range(1, 61))
+    assert m["eval/gold_mean"] > m["eval/initial/gold_mean"] + 1.0, m
+    assert m["eval/score_mean"] > m["eval/initial/score_mean"], m
+    assert 0.0 < m["eval/kl_to_ref"] < 20.0, m  # KL to the reference stays bounded (nats per response)
+    assert [step for step, x in logged if "loss/policy_avg" in x] == list(range(1, 61))
     assert (out / "model.safetensors").is_file() and json.loads((out / "metrics.json").read_text())["eval/gold_mean"]
     assert len((out / "eval_samples.jsonl").read_text().splitlines()) == 64 * 4
 
@@ -104,7 +104,7 @@ def test_resume_continues_exactly(demo_data, sft_run, tmp_path):
     resumed = _iterations(go(6, tmp_path / "b", resume=True))
     assert [h["iteration"] for h in first + resumed] == [1, 2, 3, 4, 5, 6]
     for a, b in zip(straight, first + resumed):
-        for key in ("policy/loss", "value/loss", "reward/score_mean", "kl/ref", "kl/coef", "reward/shaped_mean"):
+        for key in ("loss/policy_avg", "loss/value_avg", "objective/scores", "objective/kl", "objective/kl_coef", "objective/shaped_scores"):
             assert b[key] == pytest.approx(a[key], abs=1e-5), (a["iteration"], key)
     w_straight = _weights(tmp_path / "out6False")
     w_resumed = _weights(tmp_path / "out6True")
@@ -127,11 +127,11 @@ def test_zero3_and_a_separate_critic_match_or_run(demo_data, sft_run, reward_run
                        tokenizer=tok)
         results[name] = _iterations(result)
     for a, b in zip(results["zero0"], results["zero3"]):
-        for key in ("policy/loss", "value/loss", "reward/score_mean", "kl/ref"):
+        for key in ("loss/policy_avg", "loss/value_avg", "objective/scores", "objective/kl"):
             assert b[key] == pytest.approx(a[key], abs=1e-4), key
     critic = _iterations(train(prompts, config=PPOConfig(**{**TINY, "critic": "separate", "critic_lr": 1e-3}),
                                model=sft_run[0], reward_model=reward_run[0], tokenizer=tok))
-    assert critic[-1]["value/loss"] < critic[0]["value/loss"] * 2 and all(
+    assert critic[-1]["loss/value_avg"] < critic[0]["loss/value_avg"] * 2 and all(
         torch.isfinite(torch.tensor(list(h.values()))).all() for h in critic)
 
 
@@ -147,7 +147,7 @@ def test_lora_trains_only_adapters_and_uses_the_base_as_reference(demo_data, sft
     trainer = PPOTrainer(config, models, tok, encode_prompts(tok, texts, 12, 128), texts, reward_fn=gold_scores)
     before = {n: p.detach().clone() for n, p in trainer.actor.named_parameters()}
     first = trainer.step()
-    assert abs(first["kl/ref"]) < 1e-4  # adapters start at zero: the policy is its reference
+    assert abs(first["objective/kl"]) < 1e-4  # adapters start at zero: the policy is its reference
     trainer.step()
     changed = {n for n, p in trainer.actor.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all("lora_" in n or n.startswith("v_head") for n in changed)
@@ -168,8 +168,8 @@ def test_bad_rewards_and_prompts_fail_clearly(demo_data, sft_run):
         train(prompts, lambda p, r: [0.0] * (len(r) - 1), config, model=sft_run[0], tokenizer=tok)
     skipped = train(prompts, nan_rewards, config.model_copy(update={"nonfinite_rewards": "skip"}),
                     model=sft_run[0], tokenizer=tok)
-    assert skipped.metrics["reward/nonfinite_skipped"] == 1.0
-    assert torch.isfinite(torch.tensor(skipped.metrics["policy/loss"]))
+    assert skipped.metrics["objective/nonfinite_skipped"] == 1.0
+    assert torch.isfinite(torch.tensor(skipped.metrics["loss/policy_avg"]))
     with pytest.raises(DataError, match="no prompts"):
         train([], gold_scores, config, model=sft_run[0], tokenizer=tok)
     with pytest.raises(DataError, match="prompt 1 has .* exceeds the model's context of 128"):
@@ -188,6 +188,6 @@ def test_kl_as_a_loss_term_ptx_and_sampling_options_run(demo_data, sft_run, demo
     ptx = [encode(tok, r["prompt"], r["completion"], 64) for r in read_split(demo_data.path, "sft_train")[:64]]
     result = train(_prompts(demo_data), gold_scores, config, tokenizer=tok, ptx_examples=ptx)
     last = _iterations(result)[-1]
-    assert 0.0 < last["ptx/loss"] < 5.0  # the SFT model's own loss on SFT data is low
+    assert 0.0 < last["loss/ptx_avg"] < 5.0  # the SFT model's own loss on SFT data is low
     assert all(torch.isfinite(torch.tensor(v)) for v in last.values())
-    assert last["reward/shaped_mean"] != last["reward/score_mean"]  # normalised
+    assert last["objective/shaped_scores"] != last["objective/scores"]  # normalised

@@ -10,7 +10,7 @@ from components.reward.train import encode_pair, score_batch
 def test_reward_model_agrees_with_gold_on_heldout_pairs(reward_run, demo_data, demo_config):
     out, metrics = reward_run
     # Measured: 93.5% after 374 steps on pairs whose training labels were 10% flipped.
-    assert metrics["eval/accuracy"] >= 0.85
+    assert metrics["reward/eval/accuracy"] >= 0.85
     # Independent check: reload the saved model and compare with the gold scorer directly.
     tokenizer = load_data_tokenizer(demo_data.path)
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
@@ -27,4 +27,4 @@ def test_reward_model_agrees_with_gold_on_heldout_pairs(reward_run, demo_data, d
             for rec, a, b in zip(chunk, r_a.tolist(), r_b.tolist()):
                 agree += (a > b) == (gold_score(rec["chosen"]) > gold_score(rec["rejected"]))
     assert agree / len(pairs) >= 0.85
-    assert abs(agree / len(pairs) - metrics["eval/accuracy"]) < 0.01
+    assert abs(agree / len(pairs) - metrics["reward/eval/accuracy"]) < 0.01

@@ -12,13 +12,13 @@ from components.sft.train import evaluate_loss
 def test_sft_lowers_heldout_loss(sft_run, demo_data, demo_config):
     out, metrics, logged = sft_run
     # Measured on 2 CPU cores: 6.49 -> 1.31 (perplexity 3.7) after 374 steps.
-    assert metrics["eval/loss_before"] > 6.0
-    assert metrics["eval/loss"] < 1.6
-    assert metrics["eval/perplexity"] < 5.0
-    evals = [m["eval/loss"] for _, m in logged if "eval/loss" in m]
+    assert metrics["sft/eval/loss_before"] > 6.0
+    assert metrics["sft/eval/loss"] < 1.6
+    assert metrics["sft/eval/perplexity"] < 5.0
+    evals = [m["sft/eval/loss"] for _, m in logged if "sft/eval/loss" in m]
     assert len(evals) >= 5 and evals[-1] < evals[0]
-    assert all("train/loss" in m and "train/lr" in m for _, m in logged if "eval/loss" not in m)
-    assert json.loads((out / "metrics.json").read_text())["eval/loss"] == metrics["eval/loss"]
+    assert all("sft/train/loss" in m and "sft/train/lr" in m for _, m in logged if "sft/eval/loss" not in m)
+    assert json.loads((out / "metrics.json").read_text())["sft/eval/loss"] == metrics["sft/eval/loss"]
 
     # The saved directory is a plain HF checkpoint in safetensors that reproduces the reported loss.
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
@@ -28,7 +28,7 @@ def test_sft_lowers_heldout_loss(sft_run, demo_data, demo_config):
                 for r in read_split(demo_data.path, "sft_eval")]
     with torch.no_grad():
         again = evaluate_loss(model, examples, tokenizer.pad_token_id, 32)
-    assert abs(again["loss"] - metrics["eval/loss"]) < 1e-3
+    assert abs(again["loss"] - metrics["sft/eval/loss"]) < 1e-3
 
 
 def test_every_parameter_changed(sft_run, demo_data, demo_config):

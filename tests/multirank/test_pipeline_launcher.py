@@ -16,10 +16,10 @@ def test_two_process_sft_inside_the_pipeline_logs_once(tmp_path, monkeypatch):
     with prefect_test_harness(server_startup_timeout=120):
         outputs = rlhf_pipeline(config)
     sft = outputs["sft"]
-    assert not sft.cached and sft.metrics["eval/loss"] < sft.metrics["eval/loss_before"]
+    assert not sft.cached and sft.metrics["sft/eval/loss"] < sft.metrics["sft/eval/loss_before"]
     assert (tmp_path / "artifacts" / "sft" / sft.cache_key / "model.safetensors").is_file()
     client = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "rlhf-tiny").client
-    history = client.get_metric_history(sft.mlflow_run_id, "train/loss")
+    history = client.get_metric_history(sft.mlflow_run_id, "sft/train/loss")
     assert [m.step for m in history] == list(range(1, 9))  # one value per step: rank 0 only
     log = client.download_artifacts(sft.mlflow_run_id, "launch/output.log", str(tmp_path))
     text = open(log).read()

@@ -49,14 +49,14 @@ def test_two_ranks_complete_log_once_and_match_one_rank(tiny_data, tmp_path):
     out1, logged1 = launch(1, ["sft.compute.micro_batch_size=8", "sft.compute.gradient_accumulation_steps=2"],
                            tiny_data, tmp_path / "one")
     # Only rank 0 logs: one metrics line per event, no rank-1 progress lines.
-    train_steps = [m["step"] for m in logged2 if "train/loss" in m]
+    train_steps = [m["step"] for m in logged2 if "sft/train/loss" in m]
     assert train_steps == [1, 2, 3, 4]
-    assert [m["step"] for m in logged2 if "eval/loss" in m] == [2, 4]
+    assert [m["step"] for m in logged2 if "sft/eval/loss" in m] == [2, 4]
     assert "[rank 0] sft step 4/4" in out2 and "[rank 1] sft step" not in out2
     assert (tmp_path / "two" / "model.safetensors").is_file()
     # 2 ranks x 8 examples and 1 rank x 2 micro batches of 8 take the same optimizer steps.
-    evals2 = [m["eval/loss"] for m in logged2 if "eval/loss" in m]
-    evals1 = [m["eval/loss"] for m in logged1 if "eval/loss" in m]
+    evals2 = [m["sft/eval/loss"] for m in logged2 if "sft/eval/loss" in m]
+    evals1 = [m["sft/eval/loss"] for m in logged1 if "sft/eval/loss" in m]
     assert evals2 == pytest.approx(evals1, abs=1e-4)
 
 
@@ -73,11 +73,11 @@ def test_ppo_zero3_two_ranks_match_one_rank(tiny_data, tmp_path):
     _, logged1 = launch(1, PPO, tiny_data, tmp_path / "one", stage="ppo")
     assert "[rank 0] ppo iteration 2/2" in out2 and "[rank 1] ppo iteration" not in out2
     assert (tmp_path / "two" / "model.safetensors").is_file()
-    iters2 = [m for m in logged2 if "policy/loss" in m]
-    iters1 = [m for m in logged1 if "policy/loss" in m]
+    iters2 = [m for m in logged2 if "loss/policy_avg" in m]
+    iters1 = [m for m in logged1 if "loss/policy_avg" in m]
     assert [m["step"] for m in iters2] == [1, 2]
     for a, b in zip(iters1, iters2):
-        for key in ("policy/loss", "value/loss", "reward/score_mean", "kl/ref", "policy/entropy"):
+        for key in ("loss/policy_avg", "loss/value_avg", "objective/scores", "objective/kl", "policy/entropy_avg"):
             assert b[key] == pytest.approx(a[key], abs=1e-4), (a["step"], key)
     evals = [[m["eval/score_mean"] for m in logged if "eval/score_mean" in m] for logged in (logged1, logged2)]
     assert len(evals[0]) == 2 and evals[1] == pytest.approx(evals[0], abs=1e-4)

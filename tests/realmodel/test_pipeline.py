@@ -41,15 +41,15 @@ def test_every_stage_runs_on_the_real_model(outputs, smol_tokenizer):
     out, _ = outputs
     assert [name for name, o in out.items() if not o.cached] == ["data", "sft", "reward", "ppo", "evaluate"]
     for stage in ("sft", "reward", "ppo", "evaluate"):
-        assert out[stage].metrics["stage/peak_rss_mb"] > 300  # a 135M model is loaded: measured, not zero
+        assert out[stage].metrics[f"{stage}/peak_rss_mb"] > 300  # a 135M model is loaded: measured, not zero
     for stage in ("sft", "ppo"):  # merged LoRA: plain llama dirs with the vocabulary untouched
         config = AutoConfig.from_pretrained(out[stage].uri)
         assert config.model_type == "llama" and config.vocab_size == len(smol_tokenizer) == 49152
     rm = AutoConfig.from_pretrained(out["reward"].uri)
     assert rm.architectures == ["LlamaForSequenceClassification"] and rm.num_labels == 1
     metrics = out["evaluate"].metrics
-    for key in ("policy/gold_mean", "sft/gold_mean", "policy/score_mean", "policy/gold_win_rate_vs_sft",
-                "policy/kl_to_sft"):
+    for key in ("eval/gold_mean", "eval/sft/gold_mean", "eval/score_mean", "eval/gold_win_rate_vs_sft",
+                "eval/kl_to_ref"):
         assert key in metrics
 
 
@@ -63,7 +63,7 @@ def test_the_gate_judges_against_sft(outputs):
     assert "SFT" in reason  # beats SFT, or does not: either way the decision says how it compared
     m = out["evaluate"].metrics
     promoted = parent.data.tags["rlhf.promotion"] == "promoted"
-    assert promoted == (m["policy/gold_mean"] > m["sft/gold_mean"] and m["policy/gold_win_rate_vs_sft"] >= 0.5)
+    assert promoted == (m["eval/gold_mean"] > m["eval/sft/gold_mean"] and m["eval/gold_win_rate_vs_sft"] >= 0.5)
 
 
 def test_ppo_samples_end_at_eos_and_are_scored_there(outputs):

@@ -69,8 +69,8 @@ def build_models(config: PPOConfig, tokenizer, policy: ModelSpec, reward: Scorer
         return ds.initialize(model, ds.ds_config(compute, lr, config.weight_decay, config.warmup_steps, steps,
                                                  schedule="constant"))
 
-    actor = build_actor(policy, tokenizer, config.critic == "value_head", config.lora, config.seed,
-                        config.compute.gradient_checkpointing)
+    value_head = config.uses_critic and config.critic == "value_head"  # critic-free estimators train no value model
+    actor = build_actor(policy, tokenizer, value_head, config.lora, config.seed, config.compute.gradient_checkpointing)
     reference = build_reference(actor, config.lora)
     actor = engine(actor, config.lr)
     critic = None

@@ -57,7 +57,17 @@ class PPOConfig(StrictModel):
     critic_lr: float | None = Field(None, gt=0, description="Separate critic's learning rate; default: lr.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     warmup_steps: int = Field(0, ge=0, description="Linear warmup in optimizer steps.")
+    advantage: Literal["gae", "grpo", "rloo", "reinforce_pp"] = Field(
+        "gae", description="Advantage estimator: gae (PPO with a critic), grpo (group mean/std baseline), rloo "
+                           "(leave-one-out baseline), reinforce_pp (batch-whitened returns); all but gae train no "
+                           "critic.")
+    num_generations: int = Field(1, ge=1, description="Responses sampled per prompt (a group); grpo and rloo need >= 2.")
+    scale_rewards: bool = Field(True, description="grpo: divide by the group's reward std (false: Dr. GRPO).")
+    loss_aggregation: Literal["token_mean", "sequence_mean", "constant"] = Field(
+        "token_mean", description="Policy loss over a minibatch: mean over tokens (PPO, DAPO), mean of per-sequence "
+                                  "token means (GRPO), or token sums / (sequences x max_new_tokens) (Dr. GRPO).")
     clip_eps: float = Field(0.2, gt=0, description="Policy ratio clip epsilon.")
+    clip_eps_high: float | None = Field(None, gt=0, description="Upper ratio clip (DAPO's clip-higher); null: clip_eps.")
     vf_clip: float | None = Field(0.2, gt=0, description="Value clipping range around the rollout values; null: off.")
     vf_coef: float = Field(0.1, ge=0, description="Value loss weight (value-head layout: both share one loss).")
     entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus weight.")
@@ -79,9 +89,15 @@ class PPOConfig(StrictModel):
 
     @model_validator(mode="after")
     def _batch_shape(self) -> "PPOConfig":
-        if self.batch_size % self.num_minibatches:
-            raise ValueError(f"batch_size {self.batch_size} is not divisible by num_minibatches {self.num_minibatches}")
-        minibatch = self.batch_size // self.num_minibatches
+        if self.advantage in ("grpo", "rloo") and self.num_generations < 2:
+            raise ValueError(f"advantage {self.advantage} compares samples of a prompt: num_generations must be >= 2")
+        if self.advantage != "gae" and self.critic == "separate":
+            raise ValueError(f"advantage {self.advantage} trains no critic; critic: separate needs advantage: gae")
+        samples = self.batch_size * self.num_generations
+        if samples % self.num_minibatches:
+            raise ValueError(f"batch_size x num_generations = {samples} is not divisible by num_minibatches "
+                             f"{self.num_minibatches}")
+        minibatch = samples // self.num_minibatches
         if minibatch % self.compute.micro_batch_size and self.compute.micro_batch_size < minibatch:
             raise ValueError(f"minibatch {minibatch} (batch_size / num_minibatches) is not divisible by "
                              f"compute.micro_batch_size {self.compute.micro_batch_size}")
@@ -94,4 +110,9 @@ class PPOConfig(StrictModel):
 
     @property
     def minibatch_size(self) -> int:
-        return self.batch_size // self.num_minibatches
+        """Samples per minibatch: batch_size prompts x num_generations, over num_minibatches."""
+        return self.batch_size * self.num_generations // self.num_minibatches
+
+    @property
+    def uses_critic(self) -> bool:
+        return self.advantage == "gae"

@@ -68,16 +68,22 @@ def logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[to
 
 
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                clip_eps: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped surrogate (Schulman et al. 2017): sum over tokens of max(-A r, -A clip(r, 1-eps, 1+eps)),
-    r = exp(logp - logp_old). Returns (summed loss, stats summed over tokens: clipped count, approx-KL)."""
+                clip_eps: float, clip_eps_high: float | None = None,
+                weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped surrogate (Schulman et al. 2017): sum over tokens of max(-A r, -A clip(r, 1-eps, 1+eps_high)),
+    r = exp(logp - logp_old); eps_high defaults to eps (DAPO raises it). `weights` (default: the mask) weigh each
+    token's loss (loss aggregation). Returns (summed loss, stats summed over tokens: clipped count, clipped at the
+    low / high end, approx-KL)."""
+    high = clip_eps if clip_eps_high is None else clip_eps_high
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
-    loss = masked_sum(torch.maximum(unclipped, clipped), mask)
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + high)
+    loss = masked_sum(torch.maximum(unclipped, clipped), mask if weights is None else weights)
     with torch.no_grad():
         stats = {"clipfrac": masked_sum((clipped > unclipped).float(), mask),
+                 "clip_low": masked_sum(((ratio < 1.0 - clip_eps) & (advantages < 0)).float(), mask),
+                 "clip_high": masked_sum(((ratio > 1.0 + high) & (advantages > 0)).float(), mask),
                  # KL(old || new) on tokens sampled from the old policy: k3 of log(p_old / p_new) = exp(x) - 1 - x
                  "approx_kl": masked_sum(kl_k3(-log_ratio), mask)}
     return loss, stats

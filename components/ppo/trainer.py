@@ -17,6 +17,8 @@ import torch.distributed as dist
 from components.compute import engine as ds
 from components.compute.engine import world
 from components.ppo import kl as klc
+from components.ppo.advantages import (group_ids, grpo_advantages, reinforce_pp_advantages, rloo_advantages,
+                                       token_weights, zero_std_fraction)
 from components.ppo.config import PPOConfig
 from components.ppo.losses import (KL_ESTIMATORS, compute_gae, logprobs_and_entropy, masked_mean, masked_sum,
                                    masked_whiten, policy_loss, value_loss)
@@ -113,11 +115,22 @@ class PPOTrainer:
                               c.reward_clip)
         rewards, kl = token_rewards(shaped, batch.logprobs, batch.ref_logprobs, mask, self.kl_ctl.value,
                                     c.kl.estimator, c.kl.in_reward)
-        advantages, returns = compute_gae(rewards, batch.values, mask, c.gamma, c.lam)
-        if c.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
         kept = batch.keep.float()
         seq_kl = ((batch.logprobs - batch.ref_logprobs) * mask).sum(1)  # (B,) k1 per sequence
+        group_stats = {}
+        if c.advantage == "gae":
+            advantages, returns = compute_gae(rewards, batch.values, mask, c.gamma, c.lam)
+            if c.whiten_advantages:
+                advantages = masked_whiten(advantages, mask)
+        elif c.advantage == "reinforce_pp":
+            advantages, returns = reinforce_pp_advantages(rewards, mask, c.gamma), torch.zeros_like(rewards)
+        else:  # grpo, rloo: one sequence reward (with the KL penalty when it is in the reward) per sample
+            sequence = rewards.sum(1)
+            groups = group_ids(len(sequence), world()[1], c.num_generations)
+            adv = (grpo_advantages(sequence, groups, batch.keep, c.scale_rewards) if c.advantage == "grpo"
+                   else rloo_advantages(sequence, groups, batch.keep))
+            advantages, returns = adv.unsqueeze(1) * mask, torch.zeros_like(rewards)
+            group_stats = {"frac_reward_zero_std": zero_std_fraction(batch.scores, groups, batch.keep)}
         # TRL's PPOTrainer names (objective/, policy/, loss/, val/), so its users read these curves as they know them
         score, kl_mean = masked_mean(batch.scores, kept).item(), masked_mean(seq_kl, kept).item()
         stats = {"objective/scores": score,
@@ -129,7 +142,7 @@ class PPOTrainer:
                  "objective/nonfinite_skipped": float((~batch.keep).sum()),
                  "val/response_length": batch.response_mask.sum(1).mean().item(),
                  "val/eos_frac": batch.has_eos.float().mean().item(),
-                 "val/value_mean": masked_mean(batch.values, mask).item()}
+                 "val/value_mean": masked_mean(batch.values, mask).item(), **group_stats}
         scorer = self.models.scorer
         if scorer is not None and not scorer.same:  # re-tokenised for a scorer with its own tokenizer
             stats["objective/scorer_truncated"] = float(scorer.truncated)
@@ -149,36 +162,43 @@ class PPOTrainer:
             for k in range(c.num_minibatches):
                 minibatch = order[k * c.minibatch_size:(k + 1) * c.minibatch_size]
                 n_tokens = mask[minibatch].sum().clamp(min=1)
+                weights = torch.zeros_like(mask)
+                weights[minibatch] = token_weights(mask[minibatch], c.loss_aggregation, c.rollout.max_new_tokens)
                 mine = minibatch[rank::world_size]
                 for j in range(0, per_rank, micro):
                     idx = mine[j:j + micro]
                     stats = self._micro_step(batch.select(idx), mask[idx], advantages[idx], returns[idx],
-                                             world_size * (per_rank // micro) / n_tokens)
+                                             world_size * (per_rank // micro) / n_tokens, weights[idx])
                     for name, v in stats.items():
                         sums[name] = sums.get(name, 0.0) + v
         n_tokens = mask.sum().clamp(min=1).item() * c.ppo_epochs
         return _all_sum({name: v / n_tokens for name, v in sums.items()})
 
-    def _micro_step(self, mb: Rollout, mask, advantages, returns, scale: torch.Tensor) -> dict[str, float]:
+    def _micro_step(self, mb: Rollout, mask, advantages, returns, scale: torch.Tensor,
+                    weights: torch.Tensor) -> dict[str, float]:
         """One micro batch: policy (+ value, KL, entropy, ptx) loss, backward, step. Token sums are scaled by
-        `scale` = ranks x accumulation / tokens in the minibatch, as DeepSpeed averages over both."""
+        `scale` = ranks x accumulation / tokens in the minibatch, as DeepSpeed averages over both; `weights` (the
+        loss aggregation's, see advantages.token_weights) weigh each token's policy and KL loss."""
         c, r = self.config, mb.n_response
-        mask, advantages, returns = mask[:, :r], advantages[:, :r], returns[:, :r]
+        mask, advantages, returns, weights = mask[:, :r], advantages[:, :r], returns[:, :r], weights[:, :r]
         logits, values = self.models.actor(mb.input_ids, mb.attention_mask, r, c.rollout.temperature)
         logprobs, entropy = logprobs_and_entropy(logits, mb.input_ids[:, -r:])
-        loss, pg = policy_loss(logprobs, mb.logprobs, advantages, mask, c.clip_eps)
+        loss, pg = policy_loss(logprobs, mb.logprobs, advantages, mask, c.clip_eps, c.clip_eps_high, weights)
         stats = {"loss/policy_avg": loss.detach(), "policy/entropy_avg": masked_sum(entropy.detach(), mask),
-                 "policy/clipfrac_avg": pg["clipfrac"], "policy/approxkl_avg": pg["approx_kl"]}
+                 "policy/clipfrac_avg": pg["clipfrac"], "policy/approxkl_avg": pg["approx_kl"],
+                 "clip_ratio/low_mean": pg["clip_low"], "clip_ratio/high_mean": pg["clip_high"]}
         if c.entropy_coef:
             loss = loss - c.entropy_coef * masked_sum(entropy, mask)
         if not c.kl.in_reward:
-            loss = loss + self.kl_ctl.value * masked_sum(KL_ESTIMATORS[c.kl.estimator](logprobs - mb.ref_logprobs), mask)
-        if values is None:  # separate critic: its own engine and step
-            values = response_values(self.models.critic, mb.input_ids, mb.attention_mask, r)
-        vf_loss, vf_stats = value_loss(values, mb.values, returns, mask, c.vf_clip)
-        stats.update({"loss/value_avg": vf_loss.detach(), "val/clipfrac_avg": vf_stats["vf_clipfrac"]})
-        if self.models.critic is None:
-            loss = loss + c.vf_coef * vf_loss
+            loss = loss + self.kl_ctl.value * masked_sum(KL_ESTIMATORS[c.kl.estimator](logprobs - mb.ref_logprobs),
+                                                         weights)
+        if c.uses_critic:
+            if values is None:  # separate critic: its own engine and step
+                values = response_values(self.models.critic, mb.input_ids, mb.attention_mask, r)
+            vf_loss, vf_stats = value_loss(values, mb.values, returns, mask, c.vf_clip)
+            stats.update({"loss/value_avg": vf_loss.detach(), "val/clipfrac_avg": vf_stats["vf_clipfrac"]})
+            if self.models.critic is None:
+                loss = loss + c.vf_coef * vf_loss
         loss = loss * scale
         if c.ptx_coef and self.ptx_examples:
             ptx = self._ptx_loss(len(mask))
@@ -186,7 +206,7 @@ class PPOTrainer:
             stats["loss/ptx_avg"] = ptx.detach() * mask.sum()  # token-weighted like the other stats
         self.models.actor.backward(loss)
         self.models.actor.step()
-        if self.models.critic is not None:
+        if self.models.critic is not None:  # only with advantage: gae
             self.models.critic.backward(vf_loss * scale)
             self.models.critic.step()
         return {k: float(v) for k, v in stats.items()}
@@ -205,7 +225,7 @@ class PPOTrainer:
     def step(self) -> dict[str, float]:
         """rollout -> score -> (all-gather) -> compute_advantages -> update. Returns this iteration's metrics."""
         t0 = time.perf_counter()
-        indices = self.prompt_indices(self.iteration)
+        indices = [i for i in self.prompt_indices(self.iteration) for _ in range(self.config.num_generations)]
         batch, _ = self.rollout_and_score([self.prompts[i] for i in indices], [self.prompt_texts[i] for i in indices],
                                           messages=[self.prompt_messages[i] for i in indices])
         batch = _all_gather(batch)

@@ -1,0 +1,75 @@
+"""Critic-free advantage estimators on plain tensors: GRPO, RLOO and REINFORCE++, and the loss aggregations that go
+with them. The PPO trainer calls these in place of GAE when `ppo.advantage` says so; rollout, scoring, the update,
+DeepSpeed, LoRA and resume stay the trainer's own."""
+from __future__ import annotations
+
+import torch
+
+from components.ppo.losses import masked_whiten
+
+
+def group_ids(n_rows: int, world_size: int, group_size: int) -> torch.Tensor:
+    """The group (prompt slot) of each row of an all-gathered batch. Every rank samples `group_size` consecutive rows
+    per prompt slot (rank r holds slots r, r + world, ...), and the gather interleaves ranks row by row (local row j
+    of rank r is global row j * world + r), so global row k belongs to slot (k % world) + world * (k // world // G)."""
+    k = torch.arange(n_rows)
+    return (k % world_size) + world_size * (k // world_size // group_size)
+
+
+def _group_stats(scores: torch.Tensor, groups: torch.Tensor, keep: torch.Tensor):
+    """Per-row (sum, count, sum of squares) of the kept rows of its group."""
+    n = int(groups.max()) + 1
+    w = keep.float()
+    total = torch.zeros(n).index_add_(0, groups, scores * w)
+    count = torch.zeros(n).index_add_(0, groups, w)
+    squares = torch.zeros(n).index_add_(0, groups, scores ** 2 * w)
+    return total[groups], count[groups], squares[groups]
+
+
+def grpo_advantages(scores: torch.Tensor, groups: torch.Tensor, keep: torch.Tensor, scale: bool = True,
+                    eps: float = 1e-4) -> torch.Tensor:
+    """GRPO (Shao et al. 2024): (r - group mean) / (group std + eps); `scale=False` leaves out the division
+    (Dr. GRPO, Liu et al. 2025). A group whose rewards are all equal gets advantage 0. Rows not kept get 0."""
+    total, count, squares = _group_stats(scores, groups, keep)
+    mean = total / count.clamp(min=1)
+    advantages = scores - mean
+    if scale:
+        var = (squares - count * mean ** 2) / (count - 1).clamp(min=1)  # unbiased, as torch.std
+        advantages = advantages / (var.clamp(min=0).sqrt() + eps)
+    return advantages * keep
+
+
+def rloo_advantages(scores: torch.Tensor, groups: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """RLOO (Ahmadian et al. 2024): r_i minus the mean of the other samples of its prompt, i.e. G/(G-1) (r_i - mean)."""
+    total, count, _ = _group_stats(scores, groups, keep)
+    others = (total - scores) / (count - 1).clamp(min=1)
+    return (scores - others) * keep * (count > 1)
+
+
+def reinforce_pp_advantages(token_rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """REINFORCE++ (Hu 2025): per-token returns (discounted sums of token rewards that carry the KL penalty),
+    whitened over the whole batch; no critic, no group."""
+    returns, running = torch.zeros_like(token_rewards), torch.zeros(token_rewards.size(0))
+    for t in reversed(range(token_rewards.size(1))):
+        running = token_rewards[:, t] + gamma * running * mask[:, t]
+        returns[:, t] = running
+    return masked_whiten(returns * mask, mask)
+
+
+def zero_std_fraction(scores: torch.Tensor, groups: torch.Tensor, keep: torch.Tensor) -> float:
+    """Fraction of groups whose kept rewards are all equal (no learning signal for GRPO/RLOO)."""
+    zero = [bool((scores[(groups == g) & keep] == scores[(groups == g) & keep][0]).all())
+            for g in groups.unique().tolist() if ((groups == g) & keep).any()]
+    return sum(zero) / max(len(zero), 1)
+
+
+def token_weights(mask: torch.Tensor, how: str, max_tokens: int) -> torch.Tensor:
+    """Per-token loss weights whose masked sum, divided by the minibatch's token count (what the update divides
+    by), gives: `token_mean` the mean over all tokens (DAPO; PPO's default); `sequence_mean` the mean over sequences
+    of each sequence's token mean (GRPO); `constant` token sums over sequences x max_tokens (Dr. GRPO)."""
+    if how == "token_mean":
+        return mask
+    n_tokens, n_seqs = mask.sum().clamp(min=1), mask.size(0)
+    if how == "sequence_mean":
+        return mask * n_tokens / (n_seqs * mask.sum(1, keepdim=True).clamp(min=1))
+    return mask * n_tokens / (n_seqs * max_tokens)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from components.ppo.losses import masked_whiten
+from components.ppo.losses import compute_gae, masked_whiten
 
 
 def group_ids(n_rows: int, world_size: int, group_size: int) -> torch.Tensor:
@@ -49,11 +49,8 @@ def rloo_advantages(scores: torch.Tensor, groups: torch.Tensor, keep: torch.Tens
 def reinforce_pp_advantages(token_rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
     """REINFORCE++ (Hu 2025): per-token returns (discounted sums of token rewards that carry the KL penalty),
     whitened over the whole batch; no critic, no group."""
-    returns, running = torch.zeros_like(token_rewards), torch.zeros(token_rewards.size(0))
-    for t in reversed(range(token_rewards.size(1))):
-        running = token_rewards[:, t] + gamma * running * mask[:, t]
-        returns[:, t] = running
-    return masked_whiten(returns * mask, mask)
+    _, returns = compute_gae(token_rewards, torch.zeros_like(token_rewards), mask, gamma, lam=1.0)  # V = 0: returns
+    return masked_whiten(returns, mask)
 
 
 def zero_std_fraction(scores: torch.Tensor, groups: torch.Tensor, keep: torch.Tensor) -> float:

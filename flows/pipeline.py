@@ -14,14 +14,14 @@ from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from components.config.pipeline import PipelineConfig
 from flows.forms import Approval
-from tasks.context import STAGES, open_context, resolve_config, stages_from
+from tasks.context import open_context, resolve_config, stages_from
 from tasks.output import StageOutput
 from tasks.runner import RunContext, load_output
 from tasks.tracking import is_key_metric
-from tasks.stages import (champion_task, data_task, evaluate_task, gate_task, ppo_task, promote_task, register_task,
-                          reward_task, sft_task)
+from tasks.stages import (champion_task, data_task, dpo_task, evaluate_task, gate_task, ppo_task, promote_task,
+                          register_task, reward_task, sft_task)
 
-Stage = Literal["data", "sft", "reward", "ppo", "evaluate"]
+Stage = Literal["data", "sft", "reward", "ppo", "dpo", "evaluate"]
 Preset = Literal["demo", "tiny", "smollm2"]  # configs/*.yaml (a unit test keeps them in step)
 
 
@@ -29,8 +29,8 @@ Preset = Literal["demo", "tiny", "smollm2"]  # configs/*.yaml (a unit test keeps
 def rlhf_pipeline(config: PipelineConfig, force: list[Stage] | None = None, from_stage: Stage | None = None,
                   preset: Preset | None = None, overrides: list[str] | None = None,
                   feedback_uri: str | None = None) -> dict[str, StageOutput]:
-    """data prep -> SFT -> reward model -> PPO -> evaluation, each stage cached by config hash + upstream fingerprints +
-    stage version; the PPO policy is registered in MLflow with the `candidate` alias.
+    """data prep -> SFT -> reward model -> PPO and/or DPO (`policies`) -> evaluation, each stage cached by config hash +
+    upstream fingerprints + stage version; the best trained policy is registered in MLflow with the `candidate` alias.
 
     Args:
         config: The pipeline config (the deployment's default is configs/demo.yaml).
@@ -45,15 +45,15 @@ def rlhf_pipeline(config: PipelineConfig, force: list[Stage] | None = None, from
     ctx = open_context(config, f"{config.name}-pipeline", set(force or []) | stages_from(from_stage))
     with ctx.tracker.finishing(ctx.parent_run_id):
         outputs: dict[str, StageOutput] = {}
-        for stage in STAGES[:-1]:
+        for stage in config.stages[:-1]:
             on_pool(config, stage, ctx, **outputs)
             outputs[stage] = run_stage(stage, config, outputs, ctx)
         model_name = config.tracking.model_name or f"{config.name}-policy"
         champion = champion_task(model_name, ctx)
         outputs["evaluate"] = run_stage("evaluate", config, outputs, ctx, champion)
-        version = register_task(outputs["ppo"], model_name, config.tracking.alias, ctx)
-        p = config.promotion
-        decision = gate_task(outputs["evaluate"], outputs["ppo"], champion, config.promotion_metric, p)
+        p, policies = config.promotion, {name: outputs[name] for name in config.policies}
+        decision = gate_task(outputs["evaluate"], policies, champion, config.promotion_metric, p)
+        version = register_task(policies[decision["algorithm"]], model_name, config.tracking.alias, ctx)
         approved = ask_approval(decision, p.approval_timeout_s) if decision["promote"] and p.require_approval else True
         promotion = promote_task(decision, approved, version, model_name, config.promotion_metric, ctx)
         seconds = time.perf_counter() - start
@@ -80,14 +80,17 @@ def run_stage(stage: str, config: PipelineConfig, upstream: dict[str, StageOutpu
         return reward_task(config.reward, n, upstream["data"], upstream["sft"], ctx)
     if stage == "ppo":
         return ppo_task(config.ppo, n, config.gold_fn, upstream["data"], upstream["sft"], upstream["reward"], ctx)
-    return evaluate_task(config.evaluate, n, config.gold_fn, config.ppo.reward_model, upstream["data"],
-                         upstream["sft"], upstream["reward"], upstream["ppo"], champion, ctx)
+    if stage == "dpo":
+        return dpo_task(config.dpo, n, upstream["data"], upstream["sft"], ctx)
+    return evaluate_task(config.evaluate, n, config.gold_fn, config.ppo.reward_model, config.promotion_metric,
+                         upstream["data"], upstream["sft"], upstream["reward"],
+                         {name: upstream[name] for name in config.policies}, champion, ctx)
 
 
 def upstream_of(stage: str, config: PipelineConfig, ctx: RunContext, **uris: str | None) -> dict[str, StageOutput]:
     """What `stage` needs: each given `<name>_uri` loaded from the store, the others this config's (cached) outputs."""
     outputs: dict[str, StageOutput] = {}
-    for name in STAGES[:STAGES.index(stage)]:
+    for name in config.upstream(stage):
         uri = uris.get(f"{name}_uri")
         outputs[name] = load_output(ctx.store, uri) if uri else run_stage(name, config, outputs, ctx)
     return outputs
@@ -105,7 +108,7 @@ def on_pool(config: PipelineConfig, stage: str, ctx: RunContext, **upstream: Sta
     get_run_logger().info("%s: dispatching to work pool %s", stage, pool)
     run = run_deployment(f"{stage}/{stage}-adhoc", timeout=None, poll_interval=2, parameters={
         "config": config.model_dump(mode="json"), "force": False,
-        **{f"{name}_uri": out.uri for name, out in upstream.items()}})
+        **{f"{name}_uri": upstream[name].uri for name in config.upstream(stage)}})
     if not run.state.is_completed():
         raise RuntimeError(f"{stage} on work pool {pool}: flow run {run.name} ended {run.state.name}")
 
@@ -197,11 +200,27 @@ def ppo_flow(config: PipelineConfig, data_uri: str | None = None, sft_uri: str |
                         reward_uri=reward_uri)
 
 
+@flow(name="dpo")
+def dpo_flow(config: PipelineConfig, data_uri: str | None = None, sft_uri: str | None = None, force: bool = True,
+             preset: Preset | None = None, overrides: list[str] | None = None) -> StageOutput:
+    """Rerun DPO alone on stored data prep and SFT outputs (it needs no reward model).
+
+    Args:
+        config: The pipeline config (the deployment's default is configs/demo.yaml).
+        data_uri: A stored data output (s3://... or a path, as `rlhf runs` lists); empty: this config's own.
+        sft_uri: A stored SFT output; empty: this config's own (computed and cached when missing).
+        force: Recompute the stage even when a stored output with the same cache key exists.
+        preset: Start from configs/{preset}.yaml instead of `config`.
+        overrides: Dotted KEY=VALUE lines applied on top, e.g. dpo.beta=0.2 or dpo.loss_type=ipo.
+    """
+    return _stage_alone("dpo", config, force, preset, overrides, data_uri=data_uri, sft_uri=sft_uri)
+
+
 @flow(name="evaluate")
 def evaluate_flow(config: PipelineConfig, data_uri: str | None = None, sft_uri: str | None = None,
-                  reward_uri: str | None = None, ppo_uri: str | None = None, force: bool = True,
-                  preset: Preset | None = None, overrides: list[str] | None = None) -> StageOutput:
-    """Rerun the evaluation alone on stored outputs.
+                  reward_uri: str | None = None, ppo_uri: str | None = None, dpo_uri: str | None = None,
+                  force: bool = True, preset: Preset | None = None, overrides: list[str] | None = None) -> StageOutput:
+    """Rerun the evaluation alone on stored outputs: each policy the config's `policies` names.
 
     Args:
         config: The pipeline config (the deployment's default is configs/demo.yaml).
@@ -209,9 +228,13 @@ def evaluate_flow(config: PipelineConfig, data_uri: str | None = None, sft_uri: 
         sft_uri: A stored SFT output; empty: this config's own (computed and cached when missing).
         reward_uri: A stored reward model output; empty: this config's own (computed and cached when missing).
         ppo_uri: The stored PPO policy to evaluate; empty: this config's own (computed and cached when missing).
+        dpo_uri: The stored DPO policy, when `policies` names dpo; empty: this config's own.
         force: Recompute the stage even when a stored output with the same cache key exists.
         preset: Start from configs/{preset}.yaml instead of `config`.
         overrides: Dotted KEY=VALUE lines applied on top, e.g. evaluate.samples_per_prompt=8.
     """
     return _stage_alone("evaluate", config, force, preset, overrides, data_uri=data_uri, sft_uri=sft_uri,
-                        reward_uri=reward_uri, ppo_uri=ppo_uri)
+                        reward_uri=reward_uri, ppo_uri=ppo_uri, dpo_uri=dpo_uri)
+
+
+STAGE_FLOWS = {"sft": sft_flow, "reward": reward_flow, "ppo": ppo_flow, "dpo": dpo_flow, "evaluate": evaluate_flow}

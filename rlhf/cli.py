@@ -12,9 +12,9 @@ import os
 import sys
 
 from components.config.loading import load_config
+from components.config.pipeline import STAGES
 from components.errors import RLHFError
 
-STAGES = ("data", "sft", "reward", "ppo", "evaluate")  # the order of the pipeline (tasks.context.STAGES)
 log = logging.getLogger("rlhf")
 
 
@@ -93,16 +93,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args, config) -> int:
-    from flows.pipeline import evaluate_flow, ppo_flow, reward_flow, rlhf_pipeline, sft_flow
+    from flows.pipeline import STAGE_FLOWS, rlhf_pipeline
 
     if args.command == "run":
         outputs = rlhf_pipeline(config, force=args.force, from_stage=args.from_stage)
-    elif all(getattr(args, u) is None for u in STAGES[:STAGES.index(args.name)]):
+    elif all(getattr(args, u) is None for u in config.upstream(args.name)):
         outputs = rlhf_pipeline(config, force=[args.name])  # upstream from the cache (computed if missing)
     else:  # the URIs given; the other upstream outputs are this config's own (computed if missing)
-        flows = {"sft": sft_flow, "reward": reward_flow, "ppo": ppo_flow, "evaluate": evaluate_flow}
-        uris = {f"{u}_uri": getattr(args, u) for u in STAGES[:STAGES.index(args.name)]}
-        outputs = {args.name: flows[args.name](config, **uris)}
+        uris = {f"{u}_uri": getattr(args, u) for u in config.upstream(args.name)}
+        outputs = {args.name: STAGE_FLOWS[args.name](config, **uris)}
     _summary(outputs)
     return 0
 

@@ -5,12 +5,11 @@ import os
 import time
 from pathlib import Path
 
-from components.config.pipeline import PipelineConfig
+from components.config.pipeline import STAGES, PipelineConfig
 from components.io.store import ArtifactStore
 from tasks.runner import RunContext
 from tasks.tracking import Tracker, default_tracking_uri, flatten
 
-STAGES = ("data", "sft", "reward", "ppo", "evaluate")
 PRESETS = Path(__file__).parents[1] / "configs"
 
 

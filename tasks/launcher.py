@@ -15,7 +15,8 @@ from tasks.runner import StageRun
 
 
 def run_launched(stage: str, config, nproc: int, max_length: int, inputs: dict[str, Path], out: Path,
-                 stage_run: StageRun, gold: str | None = None, feedback_dirs: list[Path] = ()) -> dict[str, float]:
+                 stage_run: StageRun, gold: str | None = None, feedback_dirs: list[Path] = (),
+                 checkpoints: Path | None = None) -> dict[str, float]:
     """torchrun `nproc` processes of `tasks.launched` on this node; returns rank 0's metrics. The stage run's id
     and tracking URI go down on the command line so rank 0 logs into the same MLflow run."""
     side = out.parent / f"{out.name}.launch"
@@ -26,7 +27,7 @@ def run_launched(stage: str, config, nproc: int, max_length: int, inputs: dict[s
            "--max-length", str(max_length), "--data", str(inputs["data"]), "--out", str(out),
            "--result", str(side / "result.json"), "--tracking-uri", stage_run.tracker.uri, "--run-id", stage_run.run_id]
     cmd += [f"--{name}={inputs[name]}" for name in ("sft", "reward") if name in inputs] + ([f"--gold={gold}"] if gold else [])
-    cmd += [f"--feedback={d}" for d in feedback_dirs]
+    cmd += [f"--feedback={d}" for d in feedback_dirs] + ([f"--checkpoints={checkpoints}"] if checkpoints else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
     try:

@@ -15,14 +15,17 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in ("torch", "transformers", "tokenizers", "safetensors")]
 
 
-def register_policy(ctx: RunContext, ppo: StageOutput, name: str, alias: str) -> str:
-    """Log the PPO output (a HF directory, fetched from the store only when needed) to the PPO stage's run as an mlflow.transformers model and register it under `name` with
-    `alias`. A PPO output registered before (same run) is not registered again. Returns the version."""
-    client, run_id = ctx.tracker.client, ppo.mlflow_run_id
+def register_policy(ctx: RunContext, policy: StageOutput, name: str, alias: str) -> str:
+    """Log a trained policy (a ppo or dpo output: a HF directory, fetched from the store only when needed) to its
+    stage's run as an mlflow.transformers model and register it under `name` with `alias`; the version's
+    `rlhf.algorithm` tag names the stage. An output registered before (same run) is not registered again.
+    Returns the version."""
+    client, run_id, algorithm = ctx.tracker.client, policy.mlflow_run_id, policy.stage
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description="RLHF policies trained by the rlhf pipeline (PPO stage).")
+        client.create_registered_model(name, description="RLHF policies trained by the rlhf pipeline (PPO or DPO "
+                                                         "stage; the version's rlhf.algorithm tag says which).")
     existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if existing:
         mv = existing[0]
@@ -30,7 +33,7 @@ def register_policy(ctx: RunContext, ppo: StageOutput, name: str, alias: str) ->
         import mlflow.transformers  # slow to import: only when a new version is logged
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        hf_dir = ctx.store.fetch("ppo", ppo.cache_key)
+        hf_dir = ctx.store.fetch(policy.stage, policy.cache_key)
         with tempfile.TemporaryDirectory() as tmp:
             model = {"model": AutoModelForCausalLM.from_pretrained(hf_dir), "tokenizer": AutoTokenizer.from_pretrained(hf_dir)}
             mlflow.transformers.save_model(model, f"{tmp}/model", task="text-generation",
@@ -39,12 +42,13 @@ def register_policy(ctx: RunContext, ppo: StageOutput, name: str, alias: str) ->
         source = f"{client.get_run(run_id).info.artifact_uri}/model"
         pipeline = ctx.parent_run_id
         # the pipeline run as a markdown link in the description (rendered there), not as run_link: the UI prints a
-        # run_link as raw text over the aliases, and "Source Run" already names the PPO run
+        # run_link as raw text over the aliases, and "Source Run" already names the training run
         mv = client.create_model_version(name, source, run_id=run_id, description=(
-            f"PPO policy `{ppo.uri}` (fingerprint {ppo.fingerprint[:12]}), trained by pipeline run "
-            f"[{pipeline}]({ctx.tracker.run_url(pipeline)}). The gate's decision and the evaluation's key metrics "
-            "are in the rlhf.gate.* and metric.* tags."),
-            tags={"rlhf.pipeline_run_id": pipeline, "rlhf.uri": ppo.uri, "rlhf.fingerprint": ppo.fingerprint})
+            f"{algorithm.upper()} policy `{policy.uri}` (fingerprint {policy.fingerprint[:12]}), trained by pipeline "
+            f"run [{pipeline}]({ctx.tracker.run_url(pipeline)}). The gate's decision and the evaluation's key "
+            "metrics are in the rlhf.gate.* and metric.* tags."),
+            tags={"rlhf.pipeline_run_id": pipeline, "rlhf.uri": policy.uri, "rlhf.fingerprint": policy.fingerprint,
+                  "rlhf.algorithm": algorithm})
     client.set_registered_model_alias(name, alias, mv.version)
     ctx.tracker.tag(ctx.parent_run_id, {"rlhf.registered_model": f"{name}/{mv.version}@{alias}"})
     return mv.version

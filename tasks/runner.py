@@ -25,10 +25,11 @@ log = logging.getLogger("rlhf")
 
 @dataclass
 class StageRun:
-    """The executing stage's MLflow run, handed to its compute function."""
+    """The executing stage's MLflow run and checkpoint directory, handed to its compute function."""
 
     run_id: str
     tracker: Tracker
+    checkpoints: Path | None = None  # kept when the stage fails, so its rerun resumes; removed once it is stored
 
     @property
     def on_log(self):
@@ -69,13 +70,13 @@ def execute(stage: str, version: str, config: Any, parents: dict[str, StageOutpu
     params = {**flatten(config.model_dump(mode="json")), **flatten(extra_hash or {})}
     run_id = ctx.tracker.start_run(stage, params, {"rlhf.stage": stage, "rlhf.cache_key": key,
                                                    "rlhf.stage_version": version}, parent=ctx.parent_run_id)
-    work = ctx.work_dir / stage / key
+    work, checkpoints = ctx.work_dir / stage / key, ctx.work_dir / "_partial" / stage / key
     shutil.rmtree(work, ignore_errors=True)
     work.parent.mkdir(parents=True, exist_ok=True)
     try:
         with _slots(getattr(config, "compute", None)), PeakRSS() as memory, ctx.tracker.system_metrics(run_id):
             started = time.perf_counter()
-            metrics = compute(inputs, work, StageRun(run_id, ctx.tracker))
+            metrics = compute(inputs, work, StageRun(run_id, ctx.tracker, checkpoints))
         stage_stats = {f"{stage}/seconds": time.perf_counter() - started,  # compute only: what overhead is measured on
                        f"{stage}/peak_rss_mb": memory.peak_mb}  # this process and its children (torchrun ranks)
         ctx.tracker.logger(run_id)(0, stage_stats)
@@ -88,7 +89,8 @@ def execute(stage: str, version: str, config: Any, parents: dict[str, StageOutpu
     ctx.tracker.tag(run_id, {"rlhf.uri": ctx.store.uri(stage, key), "rlhf.fingerprint": marker["fingerprint"]})
     ctx.tracker.tag(ctx.parent_run_id, {f"stage.{stage}": "ran", f"stage.{stage}.run_id": run_id})
     ctx.tracker.finish(run_id)
-    shutil.rmtree(work, ignore_errors=True)
+    for done in (work, checkpoints):
+        shutil.rmtree(done, ignore_errors=True)
     return _output(ctx.store, marker, cached=False)
 
 

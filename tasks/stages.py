@@ -14,6 +14,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from components.data.config import DataConfig
+from components.dpo.config import DPOConfig
 from components.evaluation.config import EvaluationConfig, PromotionConfig
 from components.evaluation.metrics import held_out
 from components.models.config import ScorerSpec
@@ -25,7 +26,7 @@ from tasks.output import StageOutput
 from tasks.runner import RunContext, execute, load_output
 from tasks.tracking import KEY_METRICS
 
-VERSIONS = {"data": "1", "sft": "1", "reward": "1", "ppo": "1", "evaluate": "1"}
+VERSIONS = {"data": "1", "sft": "1", "reward": "1", "ppo": "1", "dpo": "1", "evaluate": "2"}
 
 
 @task(name="data", version=VERSIONS["data"], cache_policy=NO_CACHE)
@@ -75,7 +76,7 @@ def ppo_task(config: PPOConfig, max_length: int, gold: str | None, data: StageOu
     def compute(inputs, out, stage_run):
         if config.compute.num_processes > 1:
             return run_launched("ppo", config, config.compute.num_processes, max_length, inputs, out,
-                                stage_run, gold=gold)
+                                stage_run, gold=gold, checkpoints=stage_run.checkpoints)
         from components.evaluation.gold import load_gold
         from components.ppo import run
 
@@ -83,21 +84,41 @@ def ppo_task(config: PPOConfig, max_length: int, gold: str | None, data: StageOu
             ctx.tracker.log_table(stage_run.run_id, rows, f"samples/iteration_{iteration:05d}.json")
 
         result = run(config, inputs["data"], out, inputs["sft"], inputs["reward"], max_length,
-                     gold_fn=load_gold(gold), on_log=stage_run.on_log, on_samples=on_samples)
+                     gold_fn=load_gold(gold), checkpoint_dir=stage_run.checkpoints, resume=True,
+                     on_log=stage_run.on_log, on_samples=on_samples)
         return result.metrics
 
     return execute("ppo", VERSIONS["ppo"], config, {"data": data, "sft": sft, "reward": reward}, compute, ctx,
                    {"data.max_length": max_length, "gold": gold})
 
 
+@task(name="dpo", version=VERSIONS["dpo"], cache_policy=NO_CACHE)
+def dpo_task(config: DPOConfig, max_length: int, data: StageOutput, sft: StageOutput, ctx: RunContext) -> StageOutput:
+    """DPO from the SFT model on the preference pairs (and feedback datasets); the reward model is not an input,
+    so changing it never retrains DPO. A rerun after a crash resumes from the stage's last checkpoint."""
+    feedback = {f"feedback{i}": load_output(ctx.store, uri) for i, uri in enumerate(config.feedback)}
+
+    def compute(inputs, out, stage_run):
+        if config.compute.num_processes > 1:
+            return run_launched("dpo", config, config.compute.num_processes, max_length, inputs, out, stage_run,
+                                feedback_dirs=[inputs[name] for name in feedback], checkpoints=stage_run.checkpoints)
+        from components.dpo.train import run
+        return run(config, inputs["data"], out, max_length, base_model=inputs["sft"], on_log=stage_run.on_log,
+                   feedback_dirs=[inputs[name] for name in feedback], checkpoint_dir=stage_run.checkpoints)
+
+    return execute("dpo", VERSIONS["dpo"], config, {"data": data, "sft": sft, **feedback}, compute, ctx,
+                   {"data.max_length": max_length})
+
+
 @task(name="evaluate", version=VERSIONS["evaluate"], cache_policy=NO_CACHE)
 def evaluate_task(config: EvaluationConfig, max_length: int, gold: str | None, scorer: ScorerSpec | None,
-                  data: StageOutput, sft: StageOutput, reward: StageOutput, ppo: StageOutput,
-                  champion: StageOutput | None, ctx: RunContext) -> StageOutput:
-    """The policy against SFT and, when the registry has one, the champion (its fingerprint joins the key),
-    scored by the reward model PPO used (`scorer`, i.e. ppo.reward_model, else the reward stage's model)."""
-    parents = {"data": data, "sft": sft, "reward": reward, "ppo": ppo}
-    if champion is not None and champion.fingerprint != ppo.fingerprint:
+                  select_by: str, data: StageOutput, sft: StageOutput, reward: StageOutput,
+                  policies: dict[str, StageOutput], champion: StageOutput | None, ctx: RunContext) -> StageOutput:
+    """Every trained policy (ppo, dpo) against SFT, each other and, when the registry has one, the champion (its
+    fingerprint joins the key), scored by the reward model PPO used (`scorer`, i.e. ppo.reward_model, else the
+    reward stage's model); the best by `select_by` is the candidate (eval/<q>)."""
+    parents = {"data": data, "sft": sft, "reward": reward, **policies}
+    if champion is not None and champion.fingerprint not in {p.fingerprint for p in policies.values()}:
         parents["champion"] = champion
 
     def compute(inputs, out, stage_run):
@@ -105,30 +126,34 @@ def evaluate_task(config: EvaluationConfig, max_length: int, gold: str | None, s
         from components.evaluation.gold import load_gold
 
         baselines = {"sft": inputs["sft"], **({"champion": inputs["champion"]} if "champion" in inputs else {})}
-        metrics = run(config, inputs["data"], inputs["ppo"], baselines,
-                      scorer or ScorerSpec(name_or_path=str(inputs["reward"])), out, max_length, gold_fn=load_gold(gold))
+        metrics = run(config, inputs["data"], {name: inputs[name] for name in policies}, baselines,
+                      scorer or ScorerSpec(name_or_path=str(inputs["reward"])), out, max_length,
+                      gold_fn=load_gold(gold), select_by=select_by)
+        candidate = json.loads((out / "report.json").read_text())["candidate"]
+        ctx.tracker.tag(stage_run.run_id, {"rlhf.candidate": next(iter(policies)) if candidate == "policy" else candidate})
         if metrics.get(held_out("reward_hacking")):
             ctx.tracker.tag(stage_run.run_id, {"rlhf.reward_hacking": "flagged"})
         stage_run.on_log(0, metrics)
         rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
         ctx.tracker.log_table(stage_run.run_id, rows, "samples.json")
-        for name in ("report.html", "report.md", "curves.png", "scores.png"):
+        for name in ("report.html", "report.md", "curves.png", "frontier.png", "scores.png"):
             ctx.tracker.client.log_artifact(stage_run.run_id, str(out / name), "report")
         _prefect_report(out, metrics)
         return metrics
 
     return execute("evaluate", VERSIONS["evaluate"], config, parents, compute, ctx,
-                   {"data.max_length": max_length, "gold": gold,
+                   {"data.max_length": max_length, "gold": gold, "select_by": select_by,
                     "scorer": scorer.model_dump(mode="json") if scorer else None})
 
 
 @task(name="register-policy", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def register_task(ppo: StageOutput, model_name: str, alias: str, ctx: RunContext) -> str:
-    """Register the PPO policy as a version of `model_name` with `alias`, once per PPO output (rerunning a
-    cached pipeline does not add versions). Returns the version."""
+def register_task(policy: StageOutput, model_name: str, alias: str, ctx: RunContext) -> str:
+    """Register a trained policy (a ppo or dpo stage output) as a version of `model_name` with `alias`, once per
+    output (rerunning a cached pipeline does not add versions); the version's `rlhf.algorithm` tag says which.
+    Returns the version."""
     from tasks.registry import register_policy
 
-    return register_policy(ctx, ppo, model_name, alias)
+    return register_policy(ctx, policy, model_name, alias)
 
 
 def _prefect_report(out: Path, metrics: dict[str, float]) -> None:
@@ -144,24 +169,33 @@ def _prefect_report(out: Path, metrics: dict[str, float]) -> None:
 
 @task(name="find-champion", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 def champion_task(model_name: str, ctx: RunContext) -> StageOutput | None:
-    """The stored PPO output behind the registry's `champion` alias, or None when there is no champion."""
+    """The stored policy (ppo or dpo output) behind the registry's `champion` alias, or None when there is none."""
     from tasks.registry import champion_output
 
     return champion_output(ctx, model_name)
 
 
 @task(name="gate", cache_policy=NO_CACHE)
-def gate_task(evaluation: StageOutput, ppo: StageOutput, champion: StageOutput | None, metric: str,
+def gate_task(evaluation: StageOutput, policies: dict[str, StageOutput], champion: StageOutput | None, metric: str,
               promotion: PromotionConfig) -> dict:
-    """Does the candidate beat SFT and the champion? (A plain decision; `promote_task` acts on it.)"""
-    from components.evaluation.gate import decide
+    """Which trained policy is the candidate (the best by `metric` when there are several), and does it beat SFT
+    and the champion? A plain decision naming the candidate's `algorithm`; `promote_task` acts on it."""
+    from components.evaluation.gate import best_candidate, choice_reason, decide
 
-    if champion is not None and champion.fingerprint == ppo.fingerprint:
-        return {"promote": False, "reason": "the candidate already is the champion"}
-    decision = decide(evaluation.metrics, metric, promotion.margin, promotion.sft_margin,
+    metrics = evaluation.metrics
+    algorithm = best_candidate(metrics, list(policies), metric)
+    why = choice_reason(metrics, list(policies), metric)
+    reigning = [a for a, out in policies.items() if champion is not None and out.fingerprint == champion.fingerprint]
+    if reigning and reigning[0] == algorithm:
+        return {"promote": False, "algorithm": algorithm,
+                "reason": "; ".join(filter(None, [why, "the candidate already is the champion"]))}
+    if reigning:  # the champion was trained again (cached) beside the candidate: its numbers are that policy's
+        metrics = {**metrics, held_out(metric, "champion"): metrics[held_out(metric, reigning[0])]}
+    decision = decide(metrics, metric, promotion.margin, promotion.sft_margin,
                       promotion.min_win_rate_vs_sft if promotion.require_beating_sft else None)
-    return {"promote": decision.promote, "reason": decision.reason, "candidate": decision.candidate,
-            "champion": decision.champion, "metrics": {k: v for k, v in evaluation.metrics.items() if k in KEY_METRICS}}
+    return {"promote": decision.promote, "algorithm": algorithm, "reason": "; ".join(filter(None, [why, decision.reason])),
+            "candidate": decision.candidate, "champion": decision.champion,
+            "metrics": {k: v for k, v in evaluation.metrics.items() if k in KEY_METRICS}}
 
 
 @task(name="promote", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)

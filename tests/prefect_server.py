@@ -21,7 +21,8 @@ PREFECT = [sys.executable, "-m", "prefect"]
 
 def api(base: str, path: str, body: dict | None = None, retries: int = 6):
     """One REST call. 503 is what the server answers while its sqlite database is locked by its own services (its
-    scheduler, triggers); Prefect's client retries it with backoff, and so does this one."""
+    scheduler, triggers); Prefect's client retries it with backoff, and so does this one. A GET that times out (the
+    server starved of CPU by training on a 2-core machine) is retried too; a POST is not, it may have been applied."""
     request = urllib.request.Request(f"{base}{path}", data=json.dumps(body).encode() if body is not None else None,
                                      headers={"Content-Type": "application/json"},
                                      method="POST" if body is not None else "GET")
@@ -32,7 +33,10 @@ def api(base: str, path: str, body: dict | None = None, retries: int = 6):
         except urllib.error.HTTPError as error:
             if error.code != 503 or attempt == retries:
                 raise
-            time.sleep(0.5 * 2 ** attempt)
+        except TimeoutError:
+            if body is not None or attempt == retries:
+                raise
+        time.sleep(0.5 * 2 ** attempt)
 
 
 @contextlib.contextmanager

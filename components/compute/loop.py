@@ -6,9 +6,11 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -84,15 +86,28 @@ def micro_batches(plan: LoopPlan) -> Iterator[list[int]]:
 
 
 def train(engine, plan: LoopPlan, step_fn: Callable[[list[int]], tuple[torch.Tensor, dict[str, float]]],
-          evaluate: Callable[[], dict[str, float]], on_log: LogFn | None = None) -> dict[str, float]:
+          evaluate: Callable[[], dict[str, float]], on_log: LogFn | None = None,
+          checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0) -> dict[str, float]:
     """Run `plan.total_steps` optimizer steps. `step_fn(indices)` returns (loss, metrics) for one micro batch;
     `evaluate()` returns held-out metrics (called on every rank, as ZeRO-3 forwards need them all).
     Returns the last training and evaluation metrics, named `<plan.name>/train/<k>` and `<plan.name>/eval/<k>`:
-    SFT's and the reward model's losses are different quantities, so they never share a name (nor an MLflow column)."""
+    SFT's and the reward model's losses are different quantities, so they never share a name (nor an MLflow column).
+    With `checkpoint_dir`, a checkpoint goes there every `checkpoint_every` steps, and a checkpoint already there
+    is resumed: the engine, RNG and loop state are restored and the batches already trained on are skipped, so
+    the run ends as an uninterrupted one would."""
     sums: dict[str, float] = {}
     count, micro, t0, last, reported = 0, 0, time.perf_counter(), {}, 0
+    if checkpoint_dir and Path(checkpoint_dir, "latest").exists():
+        state = ds.load_checkpoint(engine, checkpoint_dir)["loop"]
+        sums, count, last, reported, micro = state["sums"], state["count"], state["last"], state["step"], \
+            state["step"] * plan.grad_accum
+        log.info("%s resumed at step %d/%d from %s", plan.name, state["step"], plan.total_steps, checkpoint_dir)
+    done = micro
     engine.train()
     for indices in micro_batches(plan):
+        if done:  # the resumed run's micro batches were trained on before the checkpoint
+            done -= 1
+            continue
         loss, metrics = step_fn(indices)
         engine.backward(loss)
         engine.step()
@@ -110,7 +125,19 @@ def train(engine, plan: LoopPlan, step_fn: Callable[[list[int]], tuple[torch.Ten
             sums, count, t0, reported = {}, 0, time.perf_counter(), step
         if step % plan.eval_every == 0 or step == plan.total_steps:
             last.update(_evaluate(engine, plan, step, evaluate, on_log))
+        if checkpoint_dir and checkpoint_every and step % checkpoint_every == 0 and step < plan.total_steps:
+            _checkpoint(engine, checkpoint_dir, step, {"sums": sums, "count": count, "last": last, "step": step})
     return last
+
+
+def _checkpoint(engine, checkpoint_dir: str | Path, step: int, state: dict) -> None:
+    """Save the engine and loop state as tag `step<N>`, then drop older tags (only the latest is resumed)."""
+    tag = f"step{step:06d}"
+    ds.save_checkpoint(engine, checkpoint_dir, tag, {"loop": state})
+    if is_rank0():
+        for old in Path(checkpoint_dir).glob("step*"):
+            if old.name != tag:
+                shutil.rmtree(old, ignore_errors=True)
 
 
 def _evaluate(engine, plan: LoopPlan, step: int, evaluate, on_log) -> dict[str, float]:

@@ -1,15 +1,24 @@
 """`PipelineConfig`: every stage's config in one typed object (the Prefect UI renders it as a form)."""
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
 
 from components.config.base import StrictModel
 from components.data.config import DataConfig
+from components.dpo.config import DPOConfig
 from components.evaluation.config import EvaluationConfig, PromotionConfig
 from components.evaluation.gold import DEMO_GOLD
 from components.ppo.config import PPOConfig
 from components.reward.config import RewardConfig
 from components.sft.config import SFTConfig
+
+
+STAGES = ("data", "sft", "reward", "ppo", "dpo", "evaluate")  # the pipeline's order
+POLICY_STAGES = ("ppo", "dpo")  # the stages that train a candidate policy from the SFT model
+_NEEDS = {"data": (), "sft": ("data",), "reward": ("data", "sft"), "ppo": ("data", "sft", "reward"),
+          "dpo": ("data", "sft")}  # DPO learns from the pairs themselves: no reward model in its inputs (nor key)
 
 
 class TrackingConfig(StrictModel):
@@ -21,7 +30,7 @@ class TrackingConfig(StrictModel):
 
 
 class PipelineConfig(StrictModel):
-    """The whole chain: data prep -> SFT -> reward model -> PPO -> evaluation."""
+    """The whole chain: data prep -> SFT -> reward model -> PPO (and/or DPO) -> evaluation."""
 
     name: str = Field("rlhf-demo", min_length=1, description="Pipeline name; MLflow experiment and model names derive from it.")
     output_dir: str = Field(".rlhf/artifacts", description="Artifact root: a local directory or s3://bucket/prefix; "
@@ -34,6 +43,10 @@ class PipelineConfig(StrictModel):
     sft: SFTConfig = Field(default_factory=SFTConfig, description="Supervised fine-tuning stage.")
     reward: RewardConfig = Field(default_factory=RewardConfig, description="Reward model stage.")
     ppo: PPOConfig = Field(default_factory=PPOConfig, description="PPO stage.")
+    dpo: DPOConfig = Field(default_factory=DPOConfig, description="DPO stage (trained when `policies` names it).")
+    policies: list[Literal["ppo", "dpo"]] = Field(["ppo"], min_length=1, description="Policy stages to train, "
+                                                  "each from the same SFT model; the evaluation compares them and "
+                                                  "the gate picks the best candidate.")
     evaluate: EvaluationConfig = Field(default_factory=EvaluationConfig, description="Evaluation stage.")
     promotion: PromotionConfig = Field(default_factory=PromotionConfig, description="Candidate -> champion gate.")
 
@@ -55,6 +68,23 @@ class PipelineConfig(StrictModel):
             raise ValueError("promotion.metric: gold_mean needs a gold scorer: data.source: demo or evaluate.gold_fn "
                              "(or use score_mean / auto)")
         return self
+
+    @field_validator("policies")
+    @classmethod
+    def _distinct_policies(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"{value} names a stage twice")
+        return value
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The stages this config runs, in order (policy stages only when `policies` names them)."""
+        return tuple(s for s in STAGES if s not in POLICY_STAGES or s in self.policies)
+
+    def upstream(self, stage: str) -> tuple[str, ...]:
+        """The stages whose outputs `stage` reads, in pipeline order."""
+        needs = _NEEDS.get(stage, tuple(s for s in self.stages if s != "evaluate"))
+        return tuple(s for s in self.stages if s in needs)
 
     @property
     def gold_fn(self) -> str | None:

@@ -58,8 +58,16 @@ def to_records(rows: Rows, fmt: str, allowed: tuple[str, ...], tokenizer) -> lis
         missing = [c for c in _COLUMNS[found] if row.get(c) in (None, "")]
         if missing:
             raise DataError(rows.name, f"missing column '{missing[0]}' (format {found})", line)
-        out.extend((line, r) for r in _CONVERT[found](row, tokenizer, rows.name, line))
+        out.extend((line, check_pair(r, rows.name, line)) for r in _CONVERT[found](row, tokenizer, rows.name, line))
     return out
+
+
+def check_pair(record: dict, name: str, line: int) -> dict:
+    """A preference record whose two responses are the same teaches nothing (and is a labelling slip): an error
+    naming the file and line. Other records pass through."""
+    if "chosen" in record and record["chosen"].strip() == record["rejected"].strip():
+        raise DataError(name, "'chosen' and 'rejected' are the same response; a preference pair must differ", line)
+    return record
 
 
 def _text_or_chat(value: Any, tokenizer, name: str, line: int, column: str) -> str | list[dict]:

@@ -15,7 +15,7 @@ import torch
 from components.data.prepare import load_data_tokenizer, read_split
 from components.evaluation.config import EvaluationConfig
 from components.evaluation import report
-from components.evaluation.gate import reward_hacking
+from components.evaluation.gate import best_candidate, reward_hacking
 from components.evaluation.metrics import distinct_n, held_out, per_prompt_means, win_rate
 from components.io.atomic import atomic_dir
 from components.models.config import ModelSpec, ScorerSpec
@@ -64,19 +64,25 @@ def summarize(rows: list[dict], has_gold: bool) -> dict[str, float]:
     return out
 
 
-def run(config: EvaluationConfig, data_dir: str | Path, policy_dir: str | Path, baselines: dict[str, str | Path],
-        scorer_spec: ScorerSpec, out_dir: str | Path, max_length: int, gold_fn: RewardFn | None = None) -> dict:
-    """Evaluate `policy_dir` and each baseline (name -> model dir; "sft" is also the KL reference) on the
-    eval_prompts split, scored by `scorer_spec` (the reward model PPO used); write report.json and samples.jsonl
-    to `out_dir` atomically; return flat metrics."""
+def run(config: EvaluationConfig, data_dir: str | Path, policies: dict[str, str | Path], baselines: dict[str, str | Path],
+        scorer_spec: ScorerSpec, out_dir: str | Path, max_length: int, gold_fn: RewardFn | None = None,
+        select_by: str = "score_mean") -> dict:
+    """Evaluate each trained policy (algorithm name -> model dir) and each baseline (name -> model dir; "sft" is
+    also the KL reference) on the eval_prompts split, scored by `scorer_spec` (the reward model PPO used); write
+    report.json, samples.jsonl and the report to `out_dir` atomically; return flat metrics.
+
+    Names: one policy is `eval/<q>`. Several are each `eval/<algorithm>/<q>`, with win rates against the baselines
+    and each other, and the best by `select_by` (the candidate the gate judges, `candidate` in report.json) is
+    also `eval/<q>`, so runs that train different policies share their candidate's columns."""
     tokenizer = load_data_tokenizer(data_dir)
     records = read_split(data_dir, "eval_prompts")
     prompts, messages = [r["prompt"] for r in records], [r.get("prompt_messages") for r in records]
     sft_eval = [encode(tokenizer, r["prompt"], r["completion"], max_length) for r in read_split(data_dir, "sft_eval")]
     reference = _load(baselines["sft"], tokenizer, causal_lm)
     scorer = load_scorer(scorer_spec, tokenizer, "evaluate scorer")
+    candidates = dict(policies) if len(policies) > 1 else {"policy": next(iter(policies.values()))}
     metrics, all_rows, per_model = {}, [], {}
-    for name, path in {"policy": policy_dir, **baselines}.items():
+    for name, path in {**candidates, **baselines}.items():
         lm = _load(path, tokenizer, causal_lm)
         rows = sample(config, lm, reference, scorer, tokenizer, prompts, gold_fn, messages)
         per_model[name] = rows
@@ -85,15 +91,22 @@ def run(config: EvaluationConfig, data_dir: str | Path, policy_dir: str | Path, 
             summary["sft_eval_perplexity"] = evaluate_loss(lm, sft_eval, tokenizer.pad_token_id, 64)["perplexity"]
         metrics.update({held_out(k, name): v for k, v in summary.items()})
         all_rows += [{"model": name, **r} for r in rows]
-    for name in baselines:
-        for key in (("gold", "score") if gold_fn else ("score",)):
-            metrics[held_out(f"{key}_win_rate_vs_{name}")] = win_rate(per_prompt_means(per_model["policy"], key),
-                                                                      per_prompt_means(per_model[name], key))
-    if gold_fn is not None:
-        flagged, excess = reward_hacking(metrics, config.reward_hacking_threshold)
-        metrics.update({held_out("reward_hacking"): float(flagged), held_out("reward_hacking_excess"): excess})
+    for name in candidates:
+        for other in [*baselines, *(c for c in candidates if c != name)]:
+            for key in (("gold", "score") if gold_fn else ("score",)):
+                metrics[held_out(f"{key}_win_rate_vs_{other}", name)] = win_rate(
+                    per_prompt_means(per_model[name], key), per_prompt_means(per_model[other], key))
+        if gold_fn is not None:
+            flagged, excess = reward_hacking(metrics, config.reward_hacking_threshold, name)
+            metrics.update({held_out("reward_hacking", name): float(flagged),
+                            held_out("reward_hacking_excess", name): excess})
+    chosen = best_candidate(metrics, list(candidates), select_by)
+    if chosen != "policy":
+        prefix = held_out("", chosen)
+        metrics.update({held_out(k.removeprefix(prefix)): v for k, v in list(metrics.items()) if k.startswith(prefix)})
     with atomic_dir(out_dir) as tmp:
-        (tmp / "report.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+        (tmp / "report.json").write_text(json.dumps({"candidate": chosen, "metrics": metrics}, indent=1, sort_keys=True))
         (tmp / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in all_rows))
-        report.write(tmp, metrics, all_rows, report.read_history(policy_dir), config.reward_hacking_threshold)
+        history = report.read_history(policies.get("ppo") or next(iter(policies.values())))
+        report.write(tmp, metrics, all_rows, history, config.reward_hacking_threshold, select_by)
     return metrics

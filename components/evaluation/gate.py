@@ -41,12 +41,29 @@ def decide(metrics: dict[str, float], metric: str, margin: float, sft_margin: fl
                     candidate, champion)
 
 
-def reward_hacking(metrics: dict[str, float], threshold: float) -> tuple[bool, float]:
-    """(flagged, excess): excess = reward-model gain minus gold gain over SFT, each in SFT standard deviations.
-    A policy that pleases the reward model far more than the gold scorer is exploiting the reward model."""
+def best_candidate(metrics: dict[str, float], candidates: list[str], metric: str) -> str:
+    """Of the policies evaluated side by side (names as in eval/<name>/<metric>), the one with the highest
+    `metric`; the first on a tie. A single candidate is chosen as it is."""
+    if len(candidates) == 1:
+        return candidates[0]
+    return max(candidates, key=lambda name: metrics[held_out(metric, name)])
+
+
+def choice_reason(metrics: dict[str, float], candidates: list[str], metric: str) -> str:
+    """Why `best_candidate` chose what it chose, for the gate's reason ("" for a single candidate)."""
+    if len(candidates) == 1:
+        return ""
+    best = best_candidate(metrics, candidates, metric)
+    others = ", ".join(f"{c} {metrics[held_out(metric, c)]:.4g}" for c in candidates if c != best)
+    return f"{best} chosen by {metric} ({metrics[held_out(metric, best)]:.4g} vs {others})"
+
+
+def reward_hacking(metrics: dict[str, float], threshold: float, model: str = "policy") -> tuple[bool, float]:
+    """(flagged, excess) of `model`: excess = reward-model gain minus gold gain over SFT, each in SFT standard
+    deviations. A policy that pleases the reward model far more than the gold scorer is exploiting the reward model."""
     def gain(key: str) -> float:
         sft_std = max(metrics[held_out(f"{key}_std", "sft")], 1e-6)
-        return (metrics[held_out(f"{key}_mean")] - metrics[held_out(f"{key}_mean", "sft")]) / sft_std
+        return (metrics[held_out(f"{key}_mean", model)] - metrics[held_out(f"{key}_mean", "sft")]) / sft_std
 
     excess = gain("score") - gain("gold")
     return excess > threshold, excess

@@ -14,6 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from components.evaluation.metrics import held_out  # noqa: E402
 
+BASELINES = ("sft", "champion")  # the models a candidate policy is compared with
+
 
 def read_history(ppo_dir: str | Path) -> list[dict]:
     path = Path(ppo_dir) / "history.jsonl"
@@ -48,6 +50,23 @@ def plot_scores(rows: list[dict], key: str, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_frontier(metrics: dict[str, float], models: list[str], key: str, path: Path) -> None:
+    """The DPO paper's frontier view: each model's held-out `key` (gold or reward-model score) against its KL
+    to the SFT model, one point per model."""
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for model in models:
+        x, y = metrics.get(held_out("kl_to_ref", model)), metrics.get(held_out(key, model))
+        if x is not None and y is not None:
+            ax.scatter([x], [y], s=40)
+            ax.annotate(model, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("KL to SFT (nats per response)")
+    ax.set_ylabel(key)
+    ax.set_title(f"{key} vs KL to SFT", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def markdown(metrics: dict[str, float], rows: list[dict], models: list[str], threshold: float) -> str:
     per_model = {m: {k.removeprefix(held_out("", m)): v for k, v in metrics.items() if k.startswith(held_out("", m))
                      and "/" not in k.removeprefix(held_out("", m)) and "win_rate" not in k and "hacking" not in k}
@@ -58,21 +77,27 @@ def markdown(metrics: dict[str, float], rows: list[dict], models: list[str], thr
         cells = [f"{per_model[m][key]:.4g}" if key in per_model[m] else "" for m in models]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     lines += ["", *(f"- {k}: {v:.1%}" for k, v in sorted(metrics.items()) if "win_rate" in k)]
-    if held_out("reward_hacking") in metrics:
-        verdict = "**FLAGGED**" if metrics[held_out("reward_hacking")] else "not flagged"
-        lines.append(f"- reward hacking: {verdict} (reward-model gain exceeds gold gain by "
-                     f"{metrics[held_out('reward_hacking_excess')]:.2f} SFT std; threshold {threshold:g})")
-    lines += ["", "![PPO curves](curves.png)", "", "![scores](scores.png)", "", "## Samples", ""]
-    for r in [r for r in rows if r["model"] == "policy"][:5]:
+    candidates = [m for m in models if m not in BASELINES]
+    for m in candidates:
+        if held_out("reward_hacking", m) in metrics:
+            verdict = "**FLAGGED**" if metrics[held_out("reward_hacking", m)] else "not flagged"
+            lines.append(f"- reward hacking{'' if m == 'policy' else f' ({m})'}: {verdict} (reward-model gain exceeds "
+                         f"gold gain by {metrics[held_out('reward_hacking_excess', m)]:.2f} SFT std; threshold "
+                         f"{threshold:g})")
+    lines += ["", "![PPO curves](curves.png)", "", "![frontier](frontier.png)", "", "![scores](scores.png)", "",
+              "## Samples", ""]
+    for r in [r for m in candidates for r in [r for r in rows if r["model"] == m][:max(5 // len(candidates), 2)]]:
         prompt = r["prompt"].strip().replace("\n", " ↵ ").replace("`", "'")  # a chat template's newlines
-        lines.append(f"- `{prompt}` **->** {' '.join(r['response'].split())} (score {r['score']:.2f}"
+        lines.append(f"- {'' if r['model'] == 'policy' else r['model'] + ': '}`{prompt}` **->** {' '.join(r['response'].split())} (score {r['score']:.2f}"
                      + (f", gold {r['gold']:g})" if r.get("gold") is not None else ")"))
     return "\n".join(lines) + "\n"
 
 
-def write(out_dir: Path, metrics: dict[str, float], rows: list[dict], history: list[dict], threshold: float) -> None:
+def write(out_dir: Path, metrics: dict[str, float], rows: list[dict], history: list[dict], threshold: float,
+          frontier_key: str = "score_mean") -> None:
     models = list(dict.fromkeys(r["model"] for r in rows))
     plot_curves(history, out_dir / "curves.png")
+    plot_frontier(metrics, models, frontier_key, out_dir / "frontier.png")
     plot_scores(rows, "gold" if rows and rows[0].get("gold") is not None else "score", out_dir / "scores.png")
     (out_dir / "report.md").write_text(markdown(metrics, rows, models, threshold))
     (out_dir / "report.html").write_text(html(self_contained(out_dir / "report.md")))

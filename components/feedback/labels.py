@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from components.data.config import DatasetSource
+from components.data.formats import check_pair
 from components.data.manifest import write_manifest
 from components.data.sources import read_rows
 from components.errors import DataError
@@ -33,6 +34,9 @@ def add_choice(records: list[dict], counts: dict[str, int], prompt: str, a: str,
     choice = CHOICES[choice.strip().lower()]
     if choice == "tie":
         counts["ties"] += 1
+        return
+    if a.strip() == b.strip():  # two samples that came out the same: no preference to learn, dropped and counted
+        counts["identical"] = counts.get("identical", 0) + 1
         return
     chosen, rejected = (a, b) if choice == "A" else (b, a)
     records.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,
@@ -65,8 +69,8 @@ def read_label_file(path: str | Path, cache_dir: str | Path = ".rlhf/cache") -> 
     for row, line in zip(rows.rows, rows.lines):
         prompt = _text(row, "prompt", rows.name, line)
         if "chosen" in row or "rejected" in row:
-            records.append({"prompt": prompt, "chosen": _text(row, "chosen", rows.name, line),
-                            "rejected": _text(row, "rejected", rows.name, line)})
+            records.append(check_pair({"prompt": prompt, "chosen": _text(row, "chosen", rows.name, line),
+                                       "rejected": _text(row, "rejected", rows.name, line)}, rows.name, line))
             continue
         a, b = _text(row, "response_a", rows.name, line), _text(row, "response_b", rows.name, line)
         choice = str(row.get("choice") or "").strip()

@@ -33,3 +33,12 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     shift_labels = labels[:, 1:].reshape(-1)  # (B*(T-1),)
     nll = torch.nn.functional.cross_entropy(shift_logits.float(), shift_labels, ignore_index=IGNORE, reduction="sum")
     return nll, (shift_labels != IGNORE).sum()
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sequence: the summed log-probability of its labelled tokens (B,) and their count (B,).
+    logits (B, T, V), labels (B, T)."""
+    shift_labels = labels[:, 1:]  # (B, T-1)
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), shift_labels,
+                                            ignore_index=IGNORE, reduction="none")  # (B, T-1)
+    return -nll.sum(1), (shift_labels != IGNORE).sum(1)

@@ -127,10 +127,10 @@ def test_every_stage_lands_in_s3_and_mlflow(env, first):
     assert shown and all(m in parent.data.metrics for m in shown)  # every column filled for a pipeline run
     assert "viewStateShareKey=rlhf-key-metrics" in parent.data.tags["mlflow.note.content"]
     report = Path(client.download_artifacts(first["evaluate"].mlflow_run_id, "report/report.html")).read_text()
-    assert report.count("<img alt=") == 2 and report.count('src="data:image/png;base64,') == 2  # plots inside
+    assert report.count("<img alt=") == 3 and report.count('src="data:image/png;base64,') == 3  # plots inside
     with get_client(sync_client=True) as prefect:  # the Prefect artifact carries its plots too
         artifact = prefect.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["rlhf-evaluation"])))
-    assert artifact[-1].data.count("](data:image/png;base64,") == 2
+    assert artifact[-1].data.count("](data:image/png;base64,") == 3
     parts = mlflow.transformers.load_model("models:/rlhf-tiny-policy@candidate", return_type="components")
     ids = parts["tokenizer"]("Review of The Wild Promise:", return_tensors="pt")
     assert parts["model"].generate(**ids, max_new_tokens=4, do_sample=False).shape[1] == ids["input_ids"].shape[1] + 4
@@ -156,6 +156,34 @@ def test_a_ppo_setting_reruns_ppo_and_evaluation_only(env, first):
     client = _tracker(env).client
     assert client.get_model_version_by_alias("rlhf-tiny-policy", "champion").run_id == first["ppo"].mlflow_run_id
     assert client.get_model_version_by_alias("rlhf-tiny-policy", "candidate").run_id == changed["ppo"].mlflow_run_id
+
+
+def test_ppo_and_dpo_from_one_sft_model_side_by_side(env, first):
+    both = run(env, "policies=[ppo, dpo]", "promotion.margin=1000")  # the champion stays, for the tests after this
+    # PPO, SFT and the reward model are this config's stored ones; DPO and the evaluation of both are new
+    assert [s for s, o in both.items() if not o.cached] == ["dpo", "evaluate"]
+    assert both["dpo"].parents == {"data": first["data"].fingerprint, "sft": first["sft"].fingerprint}
+    metrics = both["evaluate"].metrics
+    for algorithm, other in (("ppo", "dpo"), ("dpo", "ppo")):
+        assert {f"eval/{algorithm}/gold_mean", f"eval/{algorithm}/kl_to_ref", f"eval/{algorithm}/distinct_1",
+                f"eval/{algorithm}/gold_win_rate_vs_sft", f"eval/{algorithm}/gold_win_rate_vs_{other}"} <= set(metrics)
+        assert metrics[f"eval/{algorithm}/gold_win_rate_vs_{other}"] + metrics[f"eval/{other}/gold_win_rate_vs_" \
+                                                                                 f"{algorithm}"] == pytest.approx(1)
+    chosen = max(("ppo", "dpo"), key=lambda a: metrics[f"eval/{a}/gold_mean"])
+    assert metrics["eval/gold_mean"] == metrics[f"eval/{chosen}/gold_mean"]  # the candidate's column
+    client = _tracker(env).client
+    evaluation = client.get_run(both["evaluate"].mlflow_run_id)
+    assert evaluation.data.tags["rlhf.candidate"] == chosen
+    assert "frontier.png" in {a.path.split("/")[-1] for a in client.list_artifacts(evaluation.info.run_id, "report")}
+    version = client.get_model_version_by_alias("rlhf-tiny-policy", "candidate")
+    assert version.tags["rlhf.algorithm"] == chosen and version.run_id == both[chosen].mlflow_run_id
+    assert f"{chosen} chosen by gold_mean" in version.tags["rlhf.gate.reason"]
+    # the champion (the first PPO policy, evaluated again as `ppo`) was weighed: the margin kept it
+    assert client.get_model_version_by_alias("rlhf-tiny-policy", "champion").run_id == first["ppo"].mlflow_run_id
+    # DPO does not read the reward model: a reward setting retrains the reward model and PPO, never DPO
+    changed = run(env, "policies=[ppo, dpo]", "reward.lr=1e-4", "promotion.margin=1000")
+    assert [s for s, o in changed.items() if not o.cached] == ["reward", "ppo", "evaluate"]
+    assert changed["dpo"].cache_key == both["dpo"].cache_key
 
 
 def test_a_deleted_artifact_recomputes_exactly_that_stage(env, first):

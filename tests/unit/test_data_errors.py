@@ -39,6 +39,16 @@ def test_missing_column(tmp_path, tokenizer):
         records(path, SFT_FORMATS, tokenizer, fmt="prompt_completion")
 
 
+def test_a_pair_whose_responses_are_the_same_names_its_line(tmp_path, tokenizer):
+    path = jsonl(tmp_path / "pref.jsonl", [{"prompt": "a", "chosen": "x", "rejected": "y"},
+                                           {"prompt": "a", "chosen": "same ", "rejected": "same"}])
+    with pytest.raises(DataError, match=rf"^{path}:2: 'chosen' and 'rejected' are the same response"):
+        records(path, PREFERENCE_FORMATS, tokenizer)
+    ranked = jsonl(tmp_path / "ranked.jsonl", [{"prompt": "a", "responses": ["x", "y", "x"]}])
+    with pytest.raises(DataError, match=rf"^{ranked}:1: 'chosen' and 'rejected' are the same"):
+        records(ranked, PREFERENCE_FORMATS, tokenizer)
+
+
 def test_empty_split(tmp_path):
     path = tmp_path / "empty.jsonl"
     path.write_text("\n")

@@ -32,6 +32,8 @@ def test_both_layouts_become_preferences(tmp_path):
       {"prompt": "P", "response_a": "a", "response_b": "b", "choice": "maybe"}], r"l.jsonl:2: choice 'maybe' is not one of"),
     ([{"prompt": "P", "response_a": "a", "response_b": "b", "choice": "A", "score": 9}], r"l.jsonl:1: score 9 is not"),
     ([{"prompt": "", "chosen": "a", "rejected": "b"}], r"l.jsonl:1: 'prompt' is missing or empty"),
+    ([{"prompt": "P", "chosen": "a", "rejected": "b"}, {"prompt": "P", "chosen": "a", "rejected": "a"}],
+     r"l.jsonl:2: 'chosen' and 'rejected' are the same response"),
 ])
 def test_bad_label_files_name_the_line(tmp_path, rows, message):
     with pytest.raises(DataError, match=message):
@@ -55,3 +57,7 @@ def test_form_answers_drop_ties_and_unanswered_pairs():
     assert records == [{"prompt": "P", "chosen": "a0", "rejected": "b0"},
                        {"prompt": "P", "chosen": "b1", "rejected": "a1", "score": 5}]
     assert counts == {"pairs": 4, "answered": 3, "ties": 1, "unanswered": 1, "preferences": 2}
+    pairs[0]["response_b"] = "a0 "  # two samples that came out the same: nothing to prefer, dropped and counted
+    records, counts = labels_from_answers(pairs, choices)
+    assert records == [{"prompt": "P", "chosen": "b1", "rejected": "a1", "score": 5}]
+    assert counts["identical"] == 1 and counts["preferences"] == 1

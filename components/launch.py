@@ -25,13 +25,13 @@ def jsonl_logger(path: str | Path):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m components.launch", description=__doc__)
-    parser.add_argument("stage", choices=["sft", "reward", "ppo"])
+    parser.add_argument("stage", choices=["sft", "reward", "ppo", "dpo"])
     parser.add_argument("--config", help="pipeline YAML")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--data", required=True, help="data prep output directory")
     parser.add_argument("--out", required=True, help="where the trained model directory goes")
     parser.add_argument("--base", help="reward: backbone directory when reward.model is unset; "
-                                       "ppo: initial policy directory when ppo.model is unset")
+                                       "ppo, dpo: initial policy directory when ppo.model / dpo.model is unset")
     parser.add_argument("--reward-model", help="ppo: reward model directory when ppo.reward_model is unset")
     parser.add_argument("--metrics", help="JSONL file for per-step metrics (rank 0 only)")
     args = parser.parse_args(argv)
@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.stage == "reward":
         from components.reward.train import run
         metrics = run(config.reward, args.data, args.out, config.data.max_length, base_model=args.base, on_log=on_log)
+    elif args.stage == "dpo":
+        from components.dpo.train import run
+        metrics = run(config.dpo, args.data, args.out, config.data.max_length, base_model=args.base, on_log=on_log)
     else:
         from components.evaluation.gold import load_gold
         from components.ppo import run

@@ -12,7 +12,7 @@ import os
 import sys
 
 from components.config.loading import load_config
-from components.config.pipeline import STAGES
+from components.config.pipeline import POLICY_STAGES, STAGES
 from components.errors import RLHFError
 
 log = logging.getLogger("rlhf")
@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args, config) -> int:
     from flows.pipeline import STAGE_FLOWS, rlhf_pipeline
 
+    if args.command == "stage" and args.name not in config.stages:  # `rlhf stage dpo` on a PPO-only config
+        config = config.model_copy(update={"policies": [*config.policies, args.name]})
     if args.command == "run":
         outputs = rlhf_pipeline(config, force=args.force, from_stage=args.from_stage)
     elif all(getattr(args, u) is None for u in config.upstream(args.name)):
@@ -146,12 +148,18 @@ def _summary(outputs) -> None:
         shown = {k: round(v, 4) for k, v in out.metrics.items() if is_key_metric(k)}
         print(f"  {name:7s} {'cached' if out.cached else 'ran   '} {out.uri}  {shown}")
     m = outputs["evaluate"].metrics if "evaluate" in outputs else {}
-    if held_out("gold_mean") in m:
-        print(f"  gold score on held-out prompts: SFT {m[held_out('gold_mean', 'sft')]:.3f} -> PPO "
-              f"{m[held_out('gold_mean')]:.3f}; PPO wins {m[held_out('gold_win_rate_vs_sft')]:.0%} of prompts; "
-              f"KL to SFT {m[held_out('kl_to_ref')]:.2f} nats")
-    if "ppo" in outputs and outputs["ppo"].mlflow_run_id:
-        print(f"  policy: {outputs['ppo'].uri} (MLflow run {outputs['ppo'].mlflow_run_id}); compare runs: rlhf runs")
+    policies = [p for p in POLICY_STAGES if p in outputs]
+    for policy in policies:  # one policy is eval/<q>; several are eval/<policy>/<q>
+        name = "policy" if len(policies) == 1 else policy
+        if held_out("gold_mean", name) in m:
+            print(f"  gold score on held-out prompts: SFT {m[held_out('gold_mean', 'sft')]:.3f} -> {policy.upper()} "
+                  f"{m[held_out('gold_mean', name)]:.3f}; wins {m[held_out('gold_win_rate_vs_sft', name)]:.0%} of "
+                  f"prompts against SFT; KL to SFT {m[held_out('kl_to_ref', name)]:.2f} nats")
+    for policy in policies:
+        if outputs[policy].mlflow_run_id:
+            print(f"  {policy} policy: {outputs[policy].uri} (MLflow run {outputs[policy].mlflow_run_id})")
+    if policies:
+        print("  compare runs: rlhf runs")
 
 
 def _quiet_logging() -> None:

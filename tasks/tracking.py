@@ -14,6 +14,8 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from components.config.pipeline import POLICY_STAGES
+
 EXPERIMENT_KIND = "mlflow.experimentKind"  # read by the MLflow 3 UI to pick the experiment's default view
 NOTE = "mlflow.note.content"  # a run's description in the MLflow UI
 PARAM_LIMIT = 500  # characters; longer values are cut (MLflow rejects very long params)
@@ -21,6 +23,10 @@ PARAM_LIMIT = 500  # characters; longer values are cut (MLflow rejects very long
 # against SFT, the reward model's and SFT's held-out quality, wall time. The same names in every run that has them.
 KEY_METRICS = ("eval/gold_mean", "eval/score_mean", "eval/gold_win_rate_vs_sft", "eval/kl_to_ref",
                "reward/eval/accuracy", "sft/eval/loss", "pipeline/seconds")
+# each policy's own numbers when a run trained several (`policies: [ppo, dpo]`): `rlhf runs` adds the columns
+# some run has, so PPO and DPO are compared side by side
+POLICY_METRICS = tuple(f"eval/{policy}/{q}" for policy in POLICY_STAGES
+                       for q in ("gold_mean", "score_mean", "kl_to_ref", "gold_win_rate_vs_sft"))
 # The runs table with KEY_METRICS as columns, saved as the UI's "Save view" saves one (an experiment tag holding a
 # name and the deflated view state): listed under Views as "Key metrics", opened by KEY_VIEW's link. The default
 # table shows no metric columns at all.
@@ -30,7 +36,7 @@ ML_WORKFLOW = "workflowType=machine_learning"  # the UI opens on the GenAI overv
 
 
 def is_key_metric(name: str) -> bool:
-    return name in KEY_METRICS or name.startswith(("eval/", "data/rows/"))
+    return name in KEY_METRICS or name.startswith(("eval/", "data/rows/")) or name == "dpo/eval/rewards/accuracies"
 
 
 def saved_view(name: str, columns: list[str]) -> str:

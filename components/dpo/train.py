@@ -36,11 +36,13 @@ class Pairs:
     chosen: list[Example]
     rejected: list[Example]
     reference: torch.Tensor | None = None  # (N, 2): summed log p of chosen, rejected under the SFT model
+    truncated: int = 0  # pairs with a response cut at max_length (it lost its EOS)
 
 
 def encode_pairs(tokenizer, records: list[dict], max_length: int, source: str) -> Pairs:
-    """Each pair as SFT encodes a completion (prompt + response + EOS, cut at `max_length`). A pair whose
-    prompt leaves no room for a response token is an error naming its line."""
+    """Each pair as SFT encodes a completion: prompt + response + EOS, cut at `max_length` (as TRL's DPOTrainer
+    truncates; such pairs are counted). A pair whose prompt leaves no room for a response token is an error
+    naming its line."""
     pairs = Pairs([], [])
     for line, r in enumerate(records, 1):
         chosen, rejected = encode(tokenizer, r["prompt"], r["chosen"], max_length), \
@@ -49,6 +51,7 @@ def encode_pairs(tokenizer, records: list[dict], max_length: int, source: str) -
             raise DataError(source, f"the prompt fills data.max_length={max_length}: no response token is left", line)
         pairs.chosen.append(chosen)
         pairs.rejected.append(rejected)
+        pairs.truncated += chosen[0][-1] != tokenizer.eos_token_id or rejected[0][-1] != tokenizer.eos_token_id
     return pairs
 
 
@@ -84,7 +87,8 @@ def run(config: DPOConfig, data_dir: str | Path, out_dir: str | Path, max_length
     def evaluate() -> dict[str, float]:
         return evaluate_pairs(engine, eval_set, config, pad, batch_size)
 
-    metrics = train(engine, plan, step_fn, evaluate, on_log, checkpoint_dir, config.checkpoint_every)
+    metrics = {"dpo/data/pairs": float(len(train_set.chosen)), "dpo/data/truncated_pairs": float(train_set.truncated),
+               **train(engine, plan, step_fn, evaluate, on_log, checkpoint_dir, config.checkpoint_every)}
     ds.save_hf(engine, tokenizer, out_dir, {"metrics.json": metrics_file(metrics)}, select=merged)
     return metrics
 

@@ -59,6 +59,7 @@ def plot_frontier(metrics: dict[str, float], models: list[str], key: str, path: 
         if x is not None and y is not None:
             ax.scatter([x], [y], s=40)
             ax.annotate(model, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.margins(0.2)  # room for the labels
     ax.set_xlabel("KL to SFT (nats per response)")
     ax.set_ylabel(key)
     ax.set_title(f"{key} vs KL to SFT", fontsize=9)
@@ -76,8 +77,10 @@ def markdown(metrics: dict[str, float], rows: list[dict], models: list[str], thr
     for key in keys:
         cells = [f"{per_model[m][key]:.4g}" if key in per_model[m] else "" for m in models]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    lines += ["", *(f"- {k}: {v:.1%}" for k, v in sorted(metrics.items()) if "win_rate" in k)]
     candidates = [m for m in models if m not in BASELINES]
+    named = "policy" not in candidates  # several policies: eval/<q> repeats the chosen one's eval/<policy>/<q>
+    lines += ["", *(f"- {k}: {v:.1%}" for k, v in sorted(metrics.items())
+                    if "win_rate" in k and not (named and k.count("/") == 1))]
     for m in candidates:
         if held_out("reward_hacking", m) in metrics:
             verdict = "**FLAGGED**" if metrics[held_out("reward_hacking", m)] else "not flagged"

@@ -180,6 +180,14 @@ def test_ppo_and_dpo_from_one_sft_model_side_by_side(env, first):
     assert f"{chosen} chosen by gold_mean" in version.tags["rlhf.gate.reason"]
     # the champion (the first PPO policy, evaluated again as `ppo`) was weighed: the margin kept it
     assert client.get_model_version_by_alias("rlhf-tiny-policy", "champion").run_id == first["ppo"].mlflow_run_id
+    # `rlhf runs` puts the two policies' numbers side by side, in columns only the two-policy run fills
+    from rlhf.runs import comparison
+    runs = client.search_runs([_tracker(env).experiment_id], "tags.`rlhf.kind` = 'pipeline'",
+                              order_by=["attributes.start_time DESC"], max_results=2)
+    header, rows = comparison(runs)
+    for column in ("eval/ppo/gold_mean", "eval/dpo/gold_mean", "eval/dpo/kl_to_ref", "eval/gold_mean"):
+        assert rows[0][header.index(column)] == f"{metrics[column]:.4g}"
+    assert rows[1][header.index("eval/dpo/gold_mean")] == "" and rows[0][header.index("ran")] == "dpo,evaluate"
     # DPO does not read the reward model: a reward setting retrains the reward model and PPO, never DPO
     changed = run(env, "policies=[ppo, dpo]", "reward.lr=1e-4", "promotion.margin=1000")
     assert [s for s, o in changed.items() if not o.cached] == ["reward", "ppo", "evaluate"]

@@ -81,3 +81,22 @@ def test_ppo_zero3_two_ranks_match_one_rank(tiny_data, tmp_path):
             assert b[key] == pytest.approx(a[key], abs=1e-4), (a["step"], key)
     evals = [[m["eval/score_mean"] for m in logged if "eval/score_mean" in m] for logged in (logged1, logged2)]
     assert len(evals[0]) == 2 and evals[1] == pytest.approx(evals[0], abs=1e-4)
+
+
+DPO = [f"dpo.model={ARCH}", "dpo.compute.zero_stage=3", "dpo.max_steps=3", "dpo.log_every=1", "dpo.eval_every=3",
+       "dpo.lr=1e-3", "dpo.warmup_steps=0"]
+
+
+def test_dpo_zero3_two_ranks_match_one_rank(tiny_data, tmp_path):
+    out2, logged2 = launch(2, DPO + ["dpo.compute.micro_batch_size=4"], tiny_data, tmp_path / "two", stage="dpo")
+    _, logged1 = launch(1, DPO + ["dpo.compute.micro_batch_size=4", "dpo.compute.gradient_accumulation_steps=2"],
+                        tiny_data, tmp_path / "one", stage="dpo")
+    assert "[rank 0] dpo step 3/3" in out2 and "[rank 1] dpo step" not in out2
+    steps = [[m for m in logged if "dpo/train/loss" in m] for logged in (logged1, logged2)]
+    assert [m["step"] for m in steps[1]] == [1, 2, 3]
+    assert steps[0][0]["dpo/train/loss"] == pytest.approx(0.6931, abs=1e-4)  # the policy is its own reference
+    for a, b in zip(*steps):
+        for key in ("dpo/train/loss", "dpo/train/rewards/margins", "dpo/train/rewards/accuracies"):
+            assert b[key] == pytest.approx(a[key], abs=1e-4), (a["step"], key)
+    evals = [[m["dpo/eval/loss"] for m in logged if "dpo/eval/loss" in m] for logged in (logged1, logged2)]
+    assert len(evals[0]) == 1 and evals[1] == pytest.approx(evals[0], abs=1e-4)

@@ -1,6 +1,6 @@
 """Every stage on SmolLM2-135M-Instruct through the real pipeline flow (a few steps each): chat data with the
-model's own template, LoRA SFT and reward model, LoRA PPO scored at the right token, evaluation with the same
-scorer, the gate judged against SFT, registration. Prefect test harness, MLflow on sqlite."""
+model's own template, LoRA SFT and reward model, LoRA PPO scored at the right token, LoRA DPO beside it, evaluation
+of both with the same scorer, the gate judged against SFT, registration. Prefect test harness, MLflow on sqlite."""
 from __future__ import annotations
 
 import json
@@ -16,6 +16,7 @@ FEW_STEPS = ["data.demo.n_sft_train=32", "data.demo.n_sft_eval=4", "data.demo.n_
              "ppo.iterations=2", "ppo.batch_size=4", "ppo.num_minibatches=2", "ppo.ppo_epochs=1",
              "ppo.compute.micro_batch_size=2", "ppo.rollout.max_new_tokens=8", "ppo.eval_every=2",
              "ppo.eval_samples=1", "ppo.compute.gradient_checkpointing=true",
+             "dpo.max_steps=2", "dpo.compute.micro_batch_size=4", "dpo.eval_every=2", "dpo.log_every=1", "policies=[ppo, dpo]",
              "evaluate.samples_per_prompt=1", "evaluate.rollout.max_new_tokens=8"]
 
 
@@ -39,18 +40,33 @@ def test_every_stage_runs_on_the_real_model(outputs, smol_tokenizer):
     from transformers import AutoConfig
 
     out, _ = outputs
-    assert [name for name, o in out.items() if not o.cached] == ["data", "sft", "reward", "ppo", "evaluate"]
-    for stage in ("sft", "reward", "ppo", "evaluate"):
+    assert [name for name, o in out.items() if not o.cached] == ["data", "sft", "reward", "ppo", "dpo", "evaluate"]
+    for stage in ("sft", "reward", "ppo", "dpo", "evaluate"):
         assert out[stage].metrics[f"{stage}/peak_rss_mb"] > 300  # a 135M model is loaded: measured, not zero
-    for stage in ("sft", "ppo"):  # merged LoRA: plain llama dirs with the vocabulary untouched
+    for stage in ("sft", "ppo", "dpo"):  # merged LoRA: plain llama dirs with the vocabulary untouched
         config = AutoConfig.from_pretrained(out[stage].uri)
         assert config.model_type == "llama" and config.vocab_size == len(smol_tokenizer) == 49152
     rm = AutoConfig.from_pretrained(out["reward"].uri)
     assert rm.architectures == ["LlamaForSequenceClassification"] and rm.num_labels == 1
     metrics = out["evaluate"].metrics
     for key in ("eval/gold_mean", "eval/sft/gold_mean", "eval/score_mean", "eval/gold_win_rate_vs_sft",
-                "eval/kl_to_ref"):
+                "eval/kl_to_ref", "eval/ppo/gold_win_rate_vs_dpo", "eval/dpo/kl_to_ref"):
         assert key in metrics
+
+def test_dpo_starts_at_its_reference(outputs):
+    """Before DPO's first update the LoRA policy (adapters at zero) is exactly the SFT model whose log-probs were
+    stored as the reference: the first loss is log 2 and both implicit rewards are zero."""
+    import math
+
+    from tasks.tracking import Tracker
+
+    out, state = outputs
+    client = Tracker(f"sqlite:///{state}/mlflow.db", "rlhf-smollm2").client
+    first = {key: client.get_metric_history(out["dpo"].mlflow_run_id, f"dpo/train/{key}")[0]
+             for key in ("loss", "rewards/chosen", "rewards/rejected")}
+    assert first["loss"].step == 1 and first["loss"].value == pytest.approx(math.log(2), abs=1e-4)
+    assert first["rewards/chosen"].value == pytest.approx(0, abs=1e-4)
+    assert first["rewards/rejected"].value == pytest.approx(0, abs=1e-4)
 
 
 def test_the_gate_judges_against_sft(outputs):

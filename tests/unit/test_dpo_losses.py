@@ -65,3 +65,19 @@ def test_sequence_logps_sum_to_the_token_nll():
     assert -logps.sum().item() == pytest.approx(nll.item(), rel=1e-6)
     by_hand = torch.log_softmax(logits[2, 4], -1)[7]  # the last sequence's one labelled token, predicted at t=4
     assert logps[2].item() == pytest.approx(by_hand.item(), rel=1e-6)
+
+
+def test_pairs_are_cut_at_max_length_and_counted(tokenizer):
+    from components.dpo.train import encode_pairs
+    from components.errors import DataError
+
+    prompt = "Review of The Iron Summer:"
+    n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    records = [{"prompt": prompt, "chosen": " Great.", "rejected": " Dull."},
+               {"prompt": prompt, "chosen": " A wonderful, moving and clever film" * 3, "rejected": " Dull."}]
+    pairs = encode_pairs(tokenizer, records, n_prompt + 8, "pref.jsonl")
+    assert pairs.truncated == 1 and all(len(ids) <= n_prompt + 8 for ids, _ in pairs.chosen + pairs.rejected)
+    assert pairs.chosen[0][0][-1] == tokenizer.eos_token_id and pairs.chosen[1][0][-1] != tokenizer.eos_token_id
+    assert pairs.chosen[0][1][:n_prompt] == [IGNORE] * n_prompt  # the prompt is never a label
+    with pytest.raises(DataError, match=r"^pref.jsonl:2: the prompt fills data.max_length"):
+        encode_pairs(tokenizer, [records[0], {**records[0], "prompt": prompt * 4}], n_prompt + 8, "pref.jsonl")

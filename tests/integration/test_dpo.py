@@ -75,3 +75,15 @@ def test_zero_stage_3_gives_the_first_loss_of_zero_stage_0(demo_data, sft_run, t
     assert len(zero0) == len(zero3) == 2
     assert zero0[0] == pytest.approx(0.6931, abs=1e-3)  # policy == reference at step 1: -log sigmoid(0)
     assert abs(zero0[0] - zero3[0]) < 1e-6 and abs(zero0[1] - zero3[1]) < 1e-4
+
+
+def test_feedback_datasets_join_the_training_pairs(demo_data, sft_run, tmp_path):
+    from components.feedback.labels import write_dataset
+
+    records = [{"prompt": "Review of Up:", "chosen": " A moving film.", "rejected": " dull dull"}] * 5
+    write_dataset(records, {"rows": 5}, "labels.jsonl", tmp_path / "feedback")
+    config = load_config("configs/demo.yaml", ["dpo.max_steps=1", "dpo.eval_every=1000"])
+    plain = run(config.dpo, demo_data.path, tmp_path / "plain", 64, base_model=sft_run[0])
+    added = run(config.dpo, demo_data.path, tmp_path / "added", 64, base_model=sft_run[0],
+                feedback_dirs=[tmp_path / "feedback"])
+    assert added["dpo/data/pairs"] == plain["dpo/data/pairs"] + 5

@@ -100,3 +100,18 @@ def test_dpo_zero3_two_ranks_match_one_rank(tiny_data, tmp_path):
             assert b[key] == pytest.approx(a[key], abs=1e-4), (a["step"], key)
     evals = [[m["dpo/eval/loss"] for m in logged if "dpo/eval/loss" in m] for logged in (logged1, logged2)]
     assert len(evals[0]) == 1 and evals[1] == pytest.approx(evals[0], abs=1e-4)
+
+
+def test_grpo_groups_hold_one_prompt_each_across_two_ranks(tiny_data, tmp_path):
+    """Greedy decoding makes a group's samples identical, so every group's rewards have zero spread exactly when
+    the group ids put each prompt's samples together after the 2-rank all-gather (a group mixing prompts scores
+    them differently under the random reward model)."""
+    grpo = PPO + ["ppo.advantage=grpo", "ppo.num_generations=2"]
+    _, logged2 = launch(2, grpo, tiny_data, tmp_path / "two", stage="ppo")
+    _, logged1 = launch(1, grpo, tiny_data, tmp_path / "one", stage="ppo")
+    iters = [[m for m in logged if "frac_reward_zero_std" in m] for logged in (logged1, logged2)]
+    assert [m["step"] for m in iters[1]] == [1, 2]
+    assert all(m["frac_reward_zero_std"] == 1.0 for m in iters[0] + iters[1])
+    assert all(m["objective/scores_std"] > 1e-3 for m in iters[1])  # across groups, prompts did score differently
+    for a, b in zip(*iters):
+        assert b["objective/scores"] == pytest.approx(a["objective/scores"], abs=1e-4)

@@ -140,7 +140,7 @@ def _feedback(args, config) -> int:
 
 
 def _summary(outputs) -> None:
-    from components.evaluation.metrics import held_out
+    from components.evaluation.metrics import held_out, policy_names
     from tasks.tracking import is_key_metric
 
     print("\nsummary")
@@ -148,9 +148,8 @@ def _summary(outputs) -> None:
         shown = {k: round(v, 4) for k, v in out.metrics.items() if is_key_metric(k)}
         print(f"  {name:7s} {'cached' if out.cached else 'ran   '} {out.uri}  {shown}")
     m = outputs["evaluate"].metrics if "evaluate" in outputs else {}
-    policies = [p for p in POLICY_STAGES if p in outputs]
-    for policy in policies:  # one policy is eval/<q>; several are eval/<policy>/<q>
-        name = "policy" if len(policies) == 1 else policy
+    policies = policy_names(p for p in POLICY_STAGES if p in outputs)
+    for policy, name in policies.items():
         if held_out("gold_mean", name) in m:
             print(f"  gold score on held-out prompts: SFT {m[held_out('gold_mean', 'sft')]:.3f} -> {policy.upper()} "
                   f"{m[held_out('gold_mean', name)]:.3f}; wins {m[held_out('gold_win_rate_vs_sft', name)]:.0%} of "

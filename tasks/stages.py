@@ -123,14 +123,14 @@ def evaluate_task(config: EvaluationConfig, max_length: int, gold: str | None, s
 
     def compute(inputs, out, stage_run):
         from components.evaluation.evaluate import run
+        from components.evaluation.gate import best_candidate
         from components.evaluation.gold import load_gold
 
         baselines = {"sft": inputs["sft"], **({"champion": inputs["champion"]} if "champion" in inputs else {})}
         metrics = run(config, inputs["data"], {name: inputs[name] for name in policies}, baselines,
                       scorer or ScorerSpec(name_or_path=str(inputs["reward"])), out, max_length,
                       gold_fn=load_gold(gold), select_by=select_by)
-        candidate = json.loads((out / "report.json").read_text())["candidate"]
-        ctx.tracker.tag(stage_run.run_id, {"rlhf.candidate": next(iter(policies)) if candidate == "policy" else candidate})
+        ctx.tracker.tag(stage_run.run_id, {"rlhf.candidate": best_candidate(metrics, list(policies), select_by)})
         if metrics.get(held_out("reward_hacking")):
             ctx.tracker.tag(stage_run.run_id, {"rlhf.reward_hacking": "flagged"})
         stage_run.on_log(0, metrics)

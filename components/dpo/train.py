@@ -74,15 +74,12 @@ def run(config: DPOConfig, data_dir: str | Path, out_dir: str | Path, max_length
                       config.compute.gradient_checkpointing)
     plan, engine = start("dpo", model, len(train_set.chosen), config)
     pad, batch_size = tokenizer.pad_token_id, config.compute.micro_batch_size
-    averaged = config.loss_type in LENGTH_AVERAGED
     with torch.no_grad():
         train_set.reference, eval_set.reference = _reference(engine, [train_set, eval_set], pad, batch_size,
                                                              checkpoint_dir)
 
     def step_fn(indices: list[int]):
-        logps, counts = _logps(engine, train_set, indices, pad)
-        loss, stats = _loss(config, logps, counts, train_set.reference[indices], averaged)
-        return loss, stats
+        return _loss(config, *_logps(engine, train_set, indices, pad), train_set.reference[indices])
 
     def evaluate() -> dict[str, float]:
         return evaluate_pairs(engine, eval_set, config, pad, batch_size)
@@ -102,10 +99,10 @@ def _logps(model, pairs: Pairs, indices: list[int], pad_id: int) -> tuple[torch.
     return torch.stack(logps.chunk(2), 1), torch.stack(counts.chunk(2), 1)  # (B, 2)
 
 
-def _loss(config: DPOConfig, logps: torch.Tensor, counts: torch.Tensor, reference: torch.Tensor,
-          averaged: bool) -> tuple[torch.Tensor, dict[str, float]]:
+def _loss(config: DPOConfig, logps: torch.Tensor, counts: torch.Tensor,
+          reference: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
     """The configured loss of a batch from policy and reference log-probs (B, 2), and TRL's statistics."""
-    scale = counts.clamp(min=1) if averaged else 1
+    scale = counts.clamp(min=1) if config.loss_type in LENGTH_AVERAGED else 1
     ratios = (logps - reference) / scale  # (B, 2): log pi/ref of chosen, rejected
     loss = LOSSES[config.loss_type](ratios[:, 0], ratios[:, 1], config.beta, config.label_smoothing).mean()
     stats = {**implicit_rewards(ratios[:, 0], ratios[:, 1], config.beta),
@@ -126,8 +123,8 @@ def _reference(model, sets: list[Pairs], pad_id: int, batch_size: int,
         return torch.load(path, weights_only=True)
     was_training = model.training
     model.eval()
-    out = [torch.cat([_logps(model, s, list(range(i, min(i + batch_size, len(s.chosen)))), pad_id)[0]
-                      for i in range(0, len(s.chosen), batch_size)]) for s in sets]
+    out = [torch.cat([_logps(model, s, indices, pad_id)[0] for indices in _batches(len(s.chosen), batch_size)])
+           for s in sets]
     model.train(was_training)
     if path is not None and is_rank0():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,11 +136,13 @@ def evaluate_pairs(model, pairs: Pairs, config: DPOConfig, pad_id: int, batch_si
     """Held-out DPO loss and implicit-reward statistics (accuracy: how often beta * log-ratio ranks the chosen
     response above the rejected one), weighted by batch size."""
     sums: dict[str, float] = {}
-    averaged = config.loss_type in LENGTH_AVERAGED
-    for first in range(0, len(pairs.chosen), batch_size):
-        indices = list(range(first, min(first + batch_size, len(pairs.chosen))))
-        logps, counts = _logps(model, pairs, indices, pad_id)
-        loss, stats = _loss(config, logps, counts, pairs.reference[indices], averaged)
+    for indices in _batches(len(pairs.chosen), batch_size):
+        loss, stats = _loss(config, *_logps(model, pairs, indices, pad_id), pairs.reference[indices])
         for k, v in {"loss": loss.item(), **stats}.items():
             sums[k] = sums.get(k, 0.0) + v * len(indices)
     return {k: v / len(pairs.chosen) for k, v in sums.items()}
+
+
+def _batches(n: int, size: int) -> list[list[int]]:
+    """Indices 0..n-1 in consecutive batches of `size` (the last may be shorter)."""
+    return [list(range(first, min(first + size, n))) for first in range(0, n, size)]

@@ -16,7 +16,7 @@ from components.data.prepare import load_data_tokenizer, read_split
 from components.evaluation.config import EvaluationConfig
 from components.evaluation import report
 from components.evaluation.gate import best_candidate, reward_hacking
-from components.evaluation.metrics import distinct_n, held_out, per_prompt_means, win_rate
+from components.evaluation.metrics import distinct_n, held_out, per_prompt_means, policy_names, win_rate
 from components.io.atomic import atomic_dir
 from components.models.config import ModelSpec, ScorerSpec
 from components.models.loading import causal_lm, disable_dropout
@@ -80,7 +80,7 @@ def run(config: EvaluationConfig, data_dir: str | Path, policies: dict[str, str 
     sft_eval = [encode(tokenizer, r["prompt"], r["completion"], max_length) for r in read_split(data_dir, "sft_eval")]
     reference = _load(baselines["sft"], tokenizer, causal_lm)
     scorer = load_scorer(scorer_spec, tokenizer, "evaluate scorer")
-    candidates = dict(policies) if len(policies) > 1 else {"policy": next(iter(policies.values()))}
+    candidates = {name: policies[p] for p, name in policy_names(policies).items()}
     metrics, all_rows, per_model = {}, [], {}
     for name, path in {**candidates, **baselines}.items():
         lm = _load(path, tokenizer, causal_lm)

@@ -12,6 +12,13 @@ def held_out(quantity: str, model: str = "policy") -> str:
     return f"eval/{quantity}" if model == "policy" else f"eval/{model}/{quantity}"
 
 
+def policy_names(policies) -> dict[str, str]:
+    """The model name each trained policy's held-out numbers carry: one policy is "policy" (`eval/<q>`), several
+    are named by algorithm (`eval/ppo/<q>`, `eval/dpo/<q>`). `policies`: algorithm names in pipeline order."""
+    policies = list(policies)
+    return {p: "policy" if len(policies) == 1 else p for p in policies}
+
+
 def per_prompt_means(rows: list[dict], key: str) -> dict[int, float]:
     """Mean of `key` over the samples of each prompt: rows carry `prompt_index` and `key`."""
     groups: dict[int, list[float]] = defaultdict(list)

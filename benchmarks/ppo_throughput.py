@@ -1,7 +1,13 @@
-"""PPO throughput on a fixed workload (issue 3); the last line printed is one JSON object.
+"""RL throughput on a fixed workload (issue 3; critic-free estimators, issue 14); the last line printed is one JSON
+object.
 
     python benchmarks/ppo_throughput.py [--separate-critic] [--zero-stage N] [--iterations 30]
+    python benchmarks/ppo_throughput.py --advantage grpo [--num-generations 4] [--kl-coef 0]
     python benchmarks/ppo_throughput.py --model .rlhf/fixtures/smollm2 [--lora 16] [--iterations 5]
+
+The critic-free estimators (`--advantage grpo|rloo|reinforce_pp`) keep the samples per iteration and the minibatch
+shape: batch / num_generations prompts x num_generations samples; they train no value head and, with
+`--kl-coef 0`, load no reference (no reference forward either).
 
 Workload: policy, reference and reward model are GPT-2 configs (2 layers, hidden 128, 4 heads, 128 positions,
 vocab 1024, fp32, random init, fixed seeds) with a WordLevel tokenizer of 1024 entries ([PAD]=0 [EOS]=1 [BOS]=2
@@ -48,18 +54,23 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--model", help="a save_pretrained causal LM dir: the real-model workload")
     parser.add_argument("--lora", type=int, default=0, help="LoRA rank on the policy (0: full fine-tuning)")
+    parser.add_argument("--advantage", default="gae", choices=("gae", "grpo", "rloo", "reinforce_pp"))
+    parser.add_argument("--num-generations", type=int, default=4, help="samples per prompt (critic-free only)")
+    parser.add_argument("--kl-coef", type=float, default=0.05, help="0: no reference model is loaded")
     parser.add_argument("--floor-repeats", type=int, default=5, help="timings of each floor piece (median)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     logging.basicConfig(level=logging.WARNING)
     from components.ppo.api import build_models, encode_prompts
+    from components.ppo.rewards import RewardTerm
     from components.ppo.trainer import PPOTrainer
 
     config, tokenizer, texts, policy, scorer, workload = (real_model(args) if args.model else toy(args))
     models = build_models(config, tokenizer, policy, scorer)
     max_positions = models.actor.module.lm.config.max_position_embeddings
     new = config.rollout.max_new_tokens
-    trainer = PPOTrainer(config, models, tokenizer, encode_prompts(tokenizer, texts, new, max_positions), texts)
+    trainer = PPOTrainer(config, models, tokenizer, encode_prompts(tokenizer, texts, new, max_positions), texts,
+                         [RewardTerm("reward_model")])
 
     per_iter, breakdown = [], []
     for _ in range(args.iterations):
@@ -68,13 +79,17 @@ def main() -> None:
         breakdown.append({k: stats[f"time/{k}"] for k in ("generate", "score", "update")})
     floor = measure_floor(trainer, args.floor_repeats)
     s_per_iter = statistics.median(per_iter[1:])
+    samples = config.batch_size * config.num_generations
     print(json.dumps({
-        "workload": workload, "lora": args.lora or None,
-        "critic": config.critic, "zero_stage": args.zero_stage, "threads": torch.get_num_threads(),
+        "workload": workload, "lora": args.lora or None, "advantage": config.advantage,
+        "num_generations": config.num_generations, "kl_coef": config.kl.coef,
+        "critic": config.critic if config.uses_critic else None,
+        "reference": "copy" if models.reference is not None else "lora base" if config.uses_reference else None,
+        "zero_stage": args.zero_stage, "threads": torch.get_num_threads(),
         "iterations": args.iterations,
         "s_per_iter": round(s_per_iter, 4),
-        "samples_per_s": round(config.batch_size / s_per_iter, 2),
-        "gen_tokens_per_s": round(config.batch_size * new / statistics.median(b["generate"] for b in breakdown[1:]), 1),
+        "samples_per_s": round(samples / s_per_iter, 2),
+        "gen_tokens_per_s": round(samples * new / statistics.median(b["generate"] for b in breakdown[1:]), 1),
         "breakdown": {k: round(statistics.median(b[k] for b in breakdown[1:]), 4) for k in breakdown[0]},
         "floor_s": round(floor["total"], 4), "floor_breakdown": {k: round(v, 4) for k, v in floor.items()},
         "floor_ratio": round(s_per_iter / floor["total"], 3),
@@ -82,20 +97,26 @@ def main() -> None:
     }))
 
 
+def estimator(args, samples: int) -> dict:
+    """The config fields that pick the estimator; `samples` per iteration whatever the group size."""
+    groups = args.num_generations if args.advantage != "gae" else 1
+    return {"advantage": args.advantage, "num_generations": groups, "batch_size": samples // groups,
+            "critic": "separate" if args.separate_critic else "value_head", "kl": {"coef": args.kl_coef}}
+
+
 def toy(args):
     """The issue-3 workload: GPT-2 2x128 from a config, word-level vocabulary of 1024, random prompts."""
-    from components.models.config import ArchSpec, ModelSpec
+    from components.models.config import ArchSpec, ModelSpec, ScorerSpec
     from components.ppo.config import PPOConfig
 
-    config = PPOConfig(critic="separate" if args.separate_critic else "value_head", iterations=args.iterations,
-                       batch_size=32, ppo_epochs=4, num_minibatches=4, lr=1e-5, kl={"coef": 0.05},
+    config = PPOConfig(iterations=args.iterations, ppo_epochs=4, num_minibatches=4, lr=1e-5,
                        rollout={"max_new_tokens": 32, "temperature": 1.0, "stop_at_eos": False},
                        compute={"zero_stage": args.zero_stage, "micro_batch_size": 8}, seed=0,
-                       lora={"r": args.lora} if args.lora else None)
-    spec = ModelSpec(arch=ArchSpec(type="gpt2", n_layer=2, hidden_size=128, n_head=4, max_positions=128, dropout=0.0))
+                       lora={"r": args.lora} if args.lora else None, **estimator(args, samples=32))
+    arch = ArchSpec(type="gpt2", n_layer=2, hidden_size=128, n_head=4, max_positions=128, dropout=0.0)
     rng = random.Random(0)
     texts = [" ".join(f"w{rng.randrange(4, 1024)}" for _ in range(rng.randint(8, 16))) for _ in range(256)]
-    return config, word_level_tokenizer(), texts, spec, spec, "ppo gpt2-2x128 vocab1024 batch32 new32 4x4 minibatch8"
+    return config, word_level_tokenizer(), texts, ModelSpec(arch=arch), ScorerSpec(arch=arch), "gpt2-2x128 vocab1024 batch32 new32 4x4 minibatch8"
 
 
 def real_model(args):
@@ -108,17 +129,17 @@ def real_model(args):
     from components.ppo.config import PPOConfig
 
     tokenizer = load_tokenizer(args.model)
-    config = PPOConfig(critic="separate" if args.separate_critic else "value_head", iterations=args.iterations,
-                       batch_size=16, ppo_epochs=2, num_minibatches=2, lr=1e-5, kl={"coef": 0.05},
+    config = PPOConfig(iterations=args.iterations, ppo_epochs=2, num_minibatches=2, lr=1e-5,
                        rollout={"max_new_tokens": 24, "temperature": 1.0, "stop_at_eos": False},
                        compute={"zero_stage": args.zero_stage, "micro_batch_size": 8}, seed=0,
-                       lora={"r": args.lora, "alpha": 2 * args.lora} if args.lora else None)
+                       lora={"r": args.lora, "alpha": 2 * args.lora} if args.lora else None,
+                       **estimator(args, samples=16))
     rm_dir = tempfile.mkdtemp(prefix="rm-")  # the model's trunk with a fresh scalar head, as the reward stage starts
     torch.manual_seed(0)
     save_pretrained(reward_model(ModelSpec(name_or_path=args.model), tokenizer, "reward"), tokenizer, rm_dir)
     chats = demo.as_chat(demo.eval_prompts(random.Random(0), 64))
     texts = [tokenizer.apply_chat_template(c["prompt"], tokenize=False, add_generation_prompt=True) for c in chats]
-    name = f"ppo {args.model} batch16 new24 2x2 minibatch8"
+    name = f"{args.model} batch16 new24 2x2 minibatch8"
     return config, tokenizer, texts, ModelSpec(name_or_path=args.model), ScorerSpec(name_or_path=rm_dir), name
 
 
@@ -129,10 +150,10 @@ def measure_floor(trainer, repeats: int = 5) -> dict[str, float]:
     from components.reward.scoring import right_align
 
     models, tok, c = trainer.models, trainer.tokenizer, trainer.config
-    new, mb = c.rollout.max_new_tokens, c.minibatch_size
-    ids, mask = left_pad(trainer.prompts[:c.batch_size], tok.pad_token_id)
+    new, mb, samples = c.rollout.max_new_tokens, c.minibatch_size, c.batch_size * c.num_generations
+    ids, mask = left_pad((trainer.prompts * c.num_generations)[:samples], tok.pad_token_id)
     lm = models.actor.module.lm
-    reference = models.reference if models.reference is not None else lm
+    reference = (models.reference if models.reference is not None else lm) if c.uses_reference else None
     times: dict[str, list[float]] = {"generate": [], "forwards": [], "update": []}
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -142,7 +163,8 @@ def measure_floor(trainer, repeats: int = 5) -> dict[str, float]:
         t1 = time.perf_counter()
         full_mask = torch.cat([mask, torch.ones(len(ids), new, dtype=mask.dtype)], 1)
         with torch.no_grad():
-            response_logprobs(reference, out, full_mask, new)
+            if reference is not None:
+                response_logprobs(reference, out, full_mask, new)
             models.scorer.model(*right_align(out, full_mask, tok.pad_token_id))
             if models.critic is not None:
                 response_values(models.critic, out, full_mask, new)

@@ -79,7 +79,7 @@ def run_stage(stage: str, config: PipelineConfig, upstream: dict[str, StageOutpu
     if stage == "reward":
         return reward_task(config.reward, n, upstream["data"], upstream["sft"], ctx)
     if stage == "ppo":
-        return ppo_task(config.ppo, n, config.gold_fn, upstream["data"], upstream["sft"], upstream["reward"], ctx)
+        return ppo_task(config.ppo, n, config.gold_fn, upstream["data"], upstream["sft"], upstream.get("reward"), ctx)
     if stage == "dpo":
         return dpo_task(config.dpo, n, upstream["data"], upstream["sft"], ctx)
     return evaluate_task(config.evaluate, n, config.gold_fn, config.ppo.reward_model, config.promotion_metric,

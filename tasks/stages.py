@@ -70,9 +70,10 @@ def reward_task(config: RewardConfig, max_length: int, data: StageOutput, sft: S
 
 @task(name="ppo", version=VERSIONS["ppo"], cache_policy=NO_CACHE)
 def ppo_task(config: PPOConfig, max_length: int, gold: str | None, data: StageOutput, sft: StageOutput,
-             reward: StageOutput, ctx: RunContext) -> StageOutput:
-    """PPO from the SFT model, scored by the reward stage's model (or ppo.reward_model); held-out samples are
-    scored by the gold scorer `gold` (module:function) when there is one."""
+             reward: StageOutput | None, ctx: RunContext) -> StageOutput:
+    """PPO (or GRPO, RLOO, REINFORCE++: ppo.advantage) from the SFT model, rewarded by ppo.rewards: the reward
+    stage's model (`reward`; None when no term uses it or ppo.reward_model names another) and/or Python functions;
+    held-out samples are scored by the gold scorer `gold` (module:function) when there is one."""
     def compute(inputs, out, stage_run):
         if config.compute.num_processes > 1:
             return run_launched("ppo", config, config.compute.num_processes, max_length, inputs, out,
@@ -83,12 +84,13 @@ def ppo_task(config: PPOConfig, max_length: int, gold: str | None, data: StageOu
         def on_samples(iteration: int, rows: list[dict]) -> None:  # a table per PPO evaluation
             ctx.tracker.log_table(stage_run.run_id, rows, f"samples/iteration_{iteration:05d}.json")
 
-        result = run(config, inputs["data"], out, inputs["sft"], inputs["reward"], max_length,
+        result = run(config, inputs["data"], out, inputs["sft"], inputs.get("reward"), max_length,
                      gold_fn=load_gold(gold), checkpoint_dir=stage_run.checkpoints, resume=True,
                      on_log=stage_run.on_log, on_samples=on_samples)
         return result.metrics
 
-    return execute("ppo", VERSIONS["ppo"], config, {"data": data, "sft": sft, "reward": reward}, compute, ctx,
+    parents = {"data": data, "sft": sft, **({"reward": reward} if reward is not None else {})}
+    return execute("ppo", VERSIONS["ppo"], config, parents, compute, ctx,
                    {"data.max_length": max_length, "gold": gold})
 
 

@@ -82,8 +82,12 @@ class PipelineConfig(StrictModel):
         return tuple(s for s in STAGES if s not in POLICY_STAGES or s in self.policies)
 
     def upstream(self, stage: str) -> tuple[str, ...]:
-        """The stages whose outputs `stage` reads, in pipeline order."""
+        """The stages whose outputs `stage` reads, in pipeline order. PPO reads the reward stage's model only when
+        a term of ppo.rewards is the reward model and ppo.reward_model names none, so a verifiable-reward run's key
+        does not change with the reward model."""
         needs = _NEEDS.get(stage, tuple(s for s in self.stages if s != "evaluate"))
+        if stage == "ppo" and (not self.ppo.uses_reward_model or self.ppo.reward_model is not None):
+            needs = tuple(s for s in needs if s != "reward")
         return tuple(s for s in self.stages if s in needs)
 
     @property

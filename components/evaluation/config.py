@@ -6,8 +6,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from components.config.base import StrictModel
-from components.errors import ConfigError
-from components.evaluation.gold import load_gold
+from components.config.functions import importable
 from components.ppo.config import RolloutConfig
 
 
@@ -27,11 +26,7 @@ class EvaluationConfig(StrictModel):
     @field_validator("gold_fn")
     @classmethod
     def _importable(cls, value: str | None) -> str | None:
-        try:
-            load_gold(value)  # checked at validation, before any work
-        except ConfigError as exc:
-            raise ValueError(str(exc).removeprefix("evaluate.gold_fn: ")) from None
-        return value
+        return importable(value, "evaluate.gold_fn")
 
 
 class PromotionConfig(StrictModel):

@@ -16,6 +16,15 @@ def group_ids(n_rows: int, world_size: int, group_size: int) -> torch.Tensor:
     return (k % world_size) + world_size * (k // world_size // group_size)
 
 
+def group_order(groups: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A shuffle of the rows that keeps each group's rows together (groups in random order, rows of a group in
+    batch order), so minibatches cut from it hold whole groups. With one row per group it is `torch.randperm`."""
+    n_groups = int(groups.max()) + 1
+    position = torch.empty(n_groups, dtype=torch.long)
+    position[torch.randperm(n_groups, generator=generator)] = torch.arange(n_groups)
+    return torch.argsort(position[groups] * len(groups) + torch.arange(len(groups)))
+
+
 def _group_stats(scores: torch.Tensor, groups: torch.Tensor, keep: torch.Tensor):
     """Per-row (sum, count, sum of squares) of the kept rows of its group."""
     n = int(groups.max()) + 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from components.models.config import ModelSpec, ScorerSpec
 from components.models.loading import load_tokenizer
 from components.ppo.config import PPOConfig
 from components.ppo.models import build_actor, build_critic, build_reference, merged_policy
-from components.ppo.rollout import RewardFn
+from components.ppo.rewards import RewardFn, reward_terms
 from components.ppo.trainer import Models, PPOTrainer
 from components.reward.scoring import load_scorer
 from components.sft.data import encode
@@ -54,7 +54,8 @@ def encode_prompts(tokenizer, texts: list[str], max_new_tokens: int, max_positio
 
 
 def build_models(config: PPOConfig, tokenizer, policy: ModelSpec, reward: ScorerSpec | None) -> Models:
-    """Actor (and critic) DeepSpeed engines; frozen reference and scorer (ZeRO-3 sharded when configured)."""
+    """Actor (and critic) DeepSpeed engines; frozen reference (none without a KL penalty) and scorer (ZeRO-3
+    sharded when configured; `reward` None loads none)."""
     ds.init_distributed()
     _, world_size = world()
     per_rank = config.minibatch_size // world_size
@@ -71,7 +72,7 @@ def build_models(config: PPOConfig, tokenizer, policy: ModelSpec, reward: Scorer
 
     value_head = config.uses_critic and config.critic == "value_head"  # critic-free estimators train no value model
     actor = build_actor(policy, tokenizer, value_head, config.lora, config.seed, config.compute.gradient_checkpointing)
-    reference = build_reference(actor, config.lora)
+    reference = build_reference(actor, config.lora) if config.uses_reference else None
     actor = engine(actor, config.lr)
     critic = None
     if config.critic == "separate":
@@ -131,16 +132,19 @@ def fit(trainer: PPOTrainer, eval_prompts: list[list[int]], eval_texts: list[str
     return result
 
 
-def train(prompts: list[str], reward_fn: RewardFn | None = None, config: PPOConfig | None = None, *,
+def train(prompts: list[str], reward_fn: RewardFn | Sequence[RewardFn] | None = None,
+          config: PPOConfig | None = None, *, reward_weights: Sequence[float] | None = None,
           model: str | ModelSpec | None = None, reward_model: str | ModelSpec | None = None, tokenizer=None,
           eval_prompts: list[str] | None = None, gold_fn: RewardFn | None = None, out_dir: str | Path | None = None,
           checkpoint_dir: str | Path | None = None, resume: bool = False, on_log: LogFn | None = None,
           ptx_examples: list[tuple[list[int], list[int]]] | None = None,
           on_samples: Callable[[int, list[dict]], None] | None = None,
           prompt_messages: list | None = None, eval_messages: list | None = None) -> PPOResult:
-    """Train a policy with PPO on `prompts`, scored by `reward_fn(prompts, responses) -> list[float]` or by a
-    reward model (`reward_model`, a HF sequence-classification dir / hub id). `model` (or config.model) is the
-    initial policy. With `out_dir`, the policy is saved there as a HF directory; with `checkpoint_dir`,
+    """Train a policy with PPO (or GRPO, RLOO, REINFORCE++: `config.advantage`) on `prompts`. The reward is a
+    weighted sum of terms: `reward_fn(prompts, responses) -> list[float]` (one function or a list, weighted by
+    `reward_weights`) and/or a reward model (`reward_model`, a HF sequence-classification dir / hub id); without
+    `reward_fn`, `config.rewards` names them. Each term is logged as rewards/<name>/mean. `model` (or config.model)
+    is the initial policy. With `out_dir`, the policy is saved there as a HF directory; with `checkpoint_dir`,
     checkpoints go there every config.checkpoint_every iterations and `resume=True` continues from the last.
     `prompt_messages` / `eval_messages` are the prompts as chat messages (None where plain text), for a reward
     model with its own chat template."""
@@ -149,8 +153,8 @@ def train(prompts: list[str], reward_fn: RewardFn | None = None, config: PPOConf
     scorer = _spec(reward_model, ScorerSpec) or config.reward_model
     if policy is None:
         raise ConfigError("ppo.model: no initial policy given")
-    if (scorer is None) == (reward_fn is None):
-        raise ConfigError("ppo: give exactly one of a reward_fn and a reward model")
+    terms = reward_terms(config.rewards, reward_fn, reward_weights, has_model=scorer is not None)
+    scorer = scorer if any(t.fn is None for t in terms) else None
     tokenizer = tokenizer or load_tokenizer(policy.name_or_path, field="ppo.model")
     models = build_models(config, tokenizer, policy, scorer)
     max_positions = models.actor.module.lm.config.max_position_embeddings
@@ -158,7 +162,7 @@ def train(prompts: list[str], reward_fn: RewardFn | None = None, config: PPOConf
     eval_encoded = encode_prompts(tokenizer, eval_prompts, config.rollout.max_new_tokens, max_positions,
                                   "eval_prompts") if eval_prompts else []
     _check_scorer_context(models.scorer, max(map(len, encoded + eval_encoded)) + config.rollout.max_new_tokens)
-    trainer = PPOTrainer(config, models, tokenizer, encoded, list(prompts), reward_fn, ptx_examples, prompt_messages)
+    trainer = PPOTrainer(config, models, tokenizer, encoded, list(prompts), terms, ptx_examples, prompt_messages)
     if resume and checkpoint_dir and Path(checkpoint_dir, "actor", "latest").exists():
         trainer.load_checkpoint(checkpoint_dir)
         log.info("ppo resumed at iteration %d from %s", trainer.iteration, checkpoint_dir)
@@ -177,9 +181,11 @@ def run(config: PPOConfig, data_dir: str | Path, out_dir: str | Path, policy_dir
         checkpoint_dir: str | Path | None = None, resume: bool = False, on_log: LogFn | None = None,
         on_samples: Callable[[int, list[dict]], None] | None = None) -> PPOResult:
     """The pipeline stage: prompts of the preference_train split, held-out eval_prompts, the SFT policy and the
-    reward model unless the config names others; writes the policy to `out_dir`."""
+    reward model unless the config names others (`reward_dir` may be None when no term of ppo.rewards is the
+    reward model); writes the policy to `out_dir`."""
     policy = config.model or (ModelSpec(name_or_path=str(policy_dir)) if policy_dir else None)
     scorer = config.reward_model or (ScorerSpec(name_or_path=str(reward_dir)) if reward_dir else None)
+    scorer = scorer if config.uses_reward_model else None
     records = list({r["prompt"]: r for r in read_split(data_dir, "preference_train")}.values())
     evals = read_split(data_dir, "eval_prompts")
     if policy is None:

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from components.compute.config import ComputeConfig
+from components.config.functions import importable
 from components.config.base import StrictModel
 from components.models.config import ModelSpec, ScorerSpec
 from components.models.lora import LoRAConfig
@@ -34,12 +35,36 @@ class KLConfig(StrictModel):
                                               "beta*KL to the policy loss instead.")
 
 
+class RewardFunctionConfig(StrictModel):
+    """One term of the training reward: the reward model, or a Python function, times a weight."""
+
+    function: str | None = Field(None, description="module:function called as fn(prompts, responses) -> list of "
+                                 "floats (a verifiable or programmatic reward); null: the reward model "
+                                 "(ppo.reward_model, else the reward stage's).")
+    weight: float = Field(1.0, description="Weight of this term in the summed reward.")
+    name: str | None = Field(None, min_length=1, description="Name in the logs (rewards/<name>/mean); default: the "
+                                                             "function's name, or reward_model.")
+
+    @field_validator("function")
+    @classmethod
+    def _importable(cls, value: str | None) -> str | None:
+        return importable(value, "function")
+
+    @property
+    def label(self) -> str:
+        return self.name or (self.function.rpartition(":")[2] if self.function else "reward_model")
+
+
 class PPOConfig(StrictModel):
     """PPO with a KL penalty against a frozen reference (Ouyang et al. 2022), on DeepSpeed engines."""
 
     model: ModelSpec | None = Field(None, description="Initial policy; default: the SFT stage's output model.")
     reward_model: ScorerSpec | None = Field(None, description="Scorer (with its own tokenizer); default: the reward "
                                             "stage's output model. The evaluation stage scores with it too.")
+    rewards: list[RewardFunctionConfig] = Field(
+        default_factory=lambda: [RewardFunctionConfig()], min_length=1,
+        description="The reward, a weighted sum of terms, each logged as rewards/<name>/mean: the reward model "
+                    "and/or Python functions. Default: the reward model alone.")
     critic: Literal["value_head", "separate"] = Field(
         "value_head", description="Value head on the policy trunk, or a separate critic model with its own backbone.")
     critic_model: ModelSpec | None = Field(None, description="Separate critic's initial weights; default: the policy's.")
@@ -98,12 +123,23 @@ class PPOConfig(StrictModel):
             raise ValueError(f"batch_size x num_generations = {samples} is not divisible by num_minibatches "
                              f"{self.num_minibatches}")
         minibatch = samples // self.num_minibatches
+        if minibatch % self.num_generations:
+            raise ValueError(f"a minibatch of {minibatch} samples would split groups of num_generations="
+                             f"{self.num_generations}: make batch_size ({self.batch_size}) a multiple of "
+                             f"num_minibatches ({self.num_minibatches})")
         if minibatch % self.compute.micro_batch_size and self.compute.micro_batch_size < minibatch:
             raise ValueError(f"minibatch {minibatch} (batch_size / num_minibatches) is not divisible by "
                              f"compute.micro_batch_size {self.compute.micro_batch_size}")
         if self.compute.gradient_accumulation_steps != 1:
             raise ValueError("compute.gradient_accumulation_steps: PPO derives accumulation from the minibatch "
                              "(batch_size / num_minibatches / micro_batch_size / processes); leave it at 1")
+        labels = [r.label for r in self.rewards]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"rewards: two terms are named alike ({labels}); give them distinct names")
+        if sum(r.function is None for r in self.rewards) > 1:
+            raise ValueError("rewards: the reward model is listed twice")
+        if self.reward_model is not None and not self.uses_reward_model:
+            raise ValueError("reward_model is set but no entry of rewards uses it (an entry without `function`)")
         if self.critic_model is not None and self.critic != "separate":
             raise ValueError("critic_model is set but critic is 'value_head'; set critic: separate")
         return self
@@ -112,6 +148,16 @@ class PPOConfig(StrictModel):
     def minibatch_size(self) -> int:
         """Samples per minibatch: batch_size prompts x num_generations, over num_minibatches."""
         return self.batch_size * self.num_generations // self.num_minibatches
+
+    @property
+    def uses_reward_model(self) -> bool:
+        """Whether a term of the reward is the reward model (else it is never loaded)."""
+        return any(r.function is None for r in self.rewards)
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether a frozen reference is needed: only for a KL penalty (kl.coef 0 loads none)."""
+        return self.kl.coef > 0
 
     @property
     def uses_critic(self) -> bool:

@@ -2,7 +2,6 @@
 values from that same pass; `score` adds the reference log-probs and the sequence scores."""
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
@@ -10,8 +9,7 @@ import torch
 from components.ppo.config import RolloutConfig
 from components.models.forward import inner_model
 from components.ppo.models import Actor, response_logprobs, response_values
-
-RewardFn = Callable[[list[str], list[str]], list[float]]
+from components.ppo.rewards import RewardTerm
 
 
 @dataclass
@@ -24,7 +22,8 @@ class Rollout:
     values: torch.Tensor  # (B, R) V_old of the state before each token (0 until a critic fills it)
     has_eos: torch.Tensor  # (B,) bool: the response ended with EOS
     ref_logprobs: torch.Tensor | None = None  # (B, R)
-    scores: torch.Tensor | None = None  # (B,) raw sequence scores
+    scores: torch.Tensor | None = None  # (B,) sequence scores: the weighted sum of the reward terms
+    term_scores: torch.Tensor | None = None  # (B, K) each reward term's raw score
     keep: torch.Tensor | None = None  # (B,) bool: the score was finite
 
     @property
@@ -116,21 +115,21 @@ def decode_responses(batch: Rollout, tokenizer) -> list[str]:
 
 
 @torch.no_grad()
-def score(batch: Rollout, ref_lm, critic, scorer, reward_fn: RewardFn | None, prompts: list[str], tokenizer,
-          temperature: float, messages: list | None = None) -> tuple[Rollout, list[str]]:
-    """Fill ref_logprobs, the separate critic's values (if any) and the raw scores (a `Scorer`, else
-    `reward_fn(prompts, responses)`; scores are validated by the caller). `messages` are the prompts as chat
-    messages where known (a scorer with its own chat template renders them). Returns (batch, response texts)."""
+def score(batch: Rollout, ref_lm, critic, scorer, terms: list[RewardTerm], prompts: list[str], tokenizer,
+          temperature: float, messages: list | None = None) -> tuple[Rollout, list[str], list]:
+    """Fill ref_logprobs (with `ref_lm`; None: the policy's own, i.e. no reference and zero KL) and the separate
+    critic's values (if any), and score every reward term: the `Scorer` for the reward model's term, `fn(prompts,
+    responses)` for the others. `messages` are the prompts as chat messages where known (a scorer with its own chat
+    template renders them). Returns (batch, response texts, each term's raw scores, checked by the caller)."""
     ids, mask, r = batch.input_ids, batch.attention_mask, batch.n_response
-    batch.ref_logprobs = response_logprobs(ref_lm, ids, mask, r, temperature) * batch.response_mask
+    batch.ref_logprobs = (batch.logprobs.clone() if ref_lm is None
+                          else response_logprobs(ref_lm, ids, mask, r, temperature) * batch.response_mask)
     if critic is not None:
         batch.values = response_values(critic, ids, mask, r)
     responses = decode_responses(batch, tokenizer)
-    if scorer is not None:
-        batch.scores = scorer(ids, mask, prompts, responses, batch.has_eos, messages)
-    else:
-        batch.scores = reward_fn(prompts, responses)  # checked and converted by rewards.check_scores
-    return batch, responses
+    raw = [scorer(ids, mask, prompts, responses, batch.has_eos, messages) if t.fn is None else t.fn(prompts, responses)
+           for t in terms]
+    return batch, responses, raw
 
 
 def sample_rows(batch: Rollout, responses: list[str], scores, indices: list[int], texts: list[str],

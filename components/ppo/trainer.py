@@ -6,6 +6,7 @@ normalised by the whole minibatch's token count: 1 rank and N ranks take the sam
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field, fields
@@ -17,14 +18,14 @@ import torch.distributed as dist
 from components.compute import engine as ds
 from components.compute.engine import world
 from components.ppo import kl as klc
-from components.ppo.advantages import (group_ids, grpo_advantages, reinforce_pp_advantages, rloo_advantages,
+from components.ppo.advantages import (group_ids, group_order, grpo_advantages, reinforce_pp_advantages, rloo_advantages,
                                        token_weights, zero_std_fraction)
 from components.ppo.config import PPOConfig
 from components.ppo.losses import (KL_ESTIMATORS, compute_gae, logprobs_and_entropy, masked_mean, masked_sum,
                                    masked_whiten, policy_loss, value_loss)
 from components.ppo.models import Actor, adapters_disabled, response_values
-from components.ppo.rewards import RunningMoments, check_scores, shape_scores, token_rewards
-from components.ppo.rollout import RewardFn, Rollout, left_pad, rollout, sample_rows, score
+from components.ppo.rewards import RewardFn, RewardTerm, RunningMoments, combine_scores, shape_scores, token_rewards
+from components.ppo.rollout import Rollout, left_pad, rollout, sample_rows, score
 from components.sft.data import collate, token_nll
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,8 @@ class Models:
 
     actor: object  # DeepSpeed engine over an Actor
     critic: object | None  # DeepSpeed engine over a token-value model, or None (value head)
-    reference: object | None  # frozen LM; None with LoRA (the actor with adapters disabled)
-    scorer: object | None  # frozen reward model; None when a reward_fn scores
+    reference: object | None  # frozen LM; None with LoRA (the actor with adapters disabled) or without a KL penalty
+    scorer: object | None  # frozen reward model; None when no reward term is the reward model
 
 
 @dataclass
@@ -56,10 +57,10 @@ class State:
 
 class PPOTrainer:
     def __init__(self, config: PPOConfig, models: Models, tokenizer, prompts: list[list[int]],
-                 prompt_texts: list[str], reward_fn: RewardFn | None = None,
+                 prompt_texts: list[str], rewards: list[RewardTerm],
                  ptx_examples: list[tuple[list[int], list[int]]] | None = None, prompt_messages: list | None = None):
         self.config, self.models, self.tokenizer = config, models, tokenizer
-        self.prompts, self.prompt_texts, self.reward_fn = prompts, prompt_texts, reward_fn
+        self.prompts, self.prompt_texts, self.rewards = prompts, prompt_texts, rewards
         self.prompt_messages = prompt_messages or [None] * len(prompts)
         self.ptx_examples = ptx_examples or []
         self.prompt_width = max(len(p) for p in prompts)
@@ -98,13 +99,25 @@ class PPOTrainer:
         with ds.for_generation(self.models.actor) as actor:
             batch = rollout(actor, actor.lm, ids, mask, self.config.rollout, self.tokenizer)
         t1 = time.perf_counter()
-        with adapters_disabled(self.actor) as base:
-            ref = self.models.reference if self.models.reference is not None else base
-            batch, responses = score(batch, ref, self.models.critic, self.models.scorer, self.reward_fn, texts,
-                                     self.tokenizer, self.config.rollout.temperature, messages)
-        batch.scores, batch.keep = check_scores(batch.scores, len(prompts), self.config.nonfinite_rewards)
+        with self._reference() as ref:
+            batch, responses, raw = score(batch, ref, self.models.critic, self.models.scorer, self.rewards, texts,
+                                          self.tokenizer, self.config.rollout.temperature, messages)
+        batch.scores, batch.term_scores, batch.keep = combine_scores(raw, self.rewards, len(prompts),
+                                                                     self.config.nonfinite_rewards)
         self.timings.update(generate=t1 - t0, score=time.perf_counter() - t1)
         return batch, responses
+
+    @contextlib.contextmanager
+    def _reference(self):
+        """The frozen reference LM: its own copy, or with LoRA the actor with adapters disabled; None without a KL
+        penalty (kl.coef 0), where no reference is loaded and the KL is neither computed nor reported."""
+        if not self.config.uses_reference:
+            yield None
+        elif self.models.reference is not None:
+            yield self.models.reference
+        else:
+            with adapters_disabled(self.actor) as base:
+                yield base
 
     # -- phase 3: advantages ----------------------------------------------------------------------------------
     def compute_advantages(self, batch: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
@@ -133,16 +146,20 @@ class PPOTrainer:
             group_stats = {"frac_reward_zero_std": zero_std_fraction(batch.scores, groups, batch.keep)}
         # TRL's PPOTrainer names (objective/, policy/, loss/, val/), so its users read these curves as they know them
         score, kl_mean = masked_mean(batch.scores, kept).item(), masked_mean(seq_kl, kept).item()
-        stats = {"objective/scores": score,
-                 "objective/scores_std": batch.scores[batch.keep].std().item() if kept.sum() > 1 else 0.0,
+        stats = {"objective/scores": score, "objective/scores_std": _std(batch.scores[batch.keep]),
                  "objective/shaped_scores": masked_mean(shaped, kept).item(),
-                 "objective/kl": kl_mean, "objective/kl_coef": self.kl_ctl.value,
-                 "objective/non_score_reward": -self.kl_ctl.value * kl_mean,
+                 "objective/kl_coef": self.kl_ctl.value,
                  "objective/rlhf_reward": score - self.kl_ctl.value * kl_mean,
                  "objective/nonfinite_skipped": float((~batch.keep).sum()),
                  "val/response_length": batch.response_mask.sum(1).mean().item(),
-                 "val/eos_frac": batch.has_eos.float().mean().item(),
-                 "val/value_mean": masked_mean(batch.values, mask).item(), **group_stats}
+                 "val/eos_frac": batch.has_eos.float().mean().item(), **group_stats}
+        if c.uses_reference:  # without a reference there is no KL to report
+            stats.update({"objective/kl": kl_mean, "objective/non_score_reward": -self.kl_ctl.value * kl_mean})
+        if c.uses_critic:
+            stats["val/value_mean"] = masked_mean(batch.values, mask).item()
+        for k, term in enumerate(self.rewards):  # TRL GRPOTrainer's names
+            stats[f"rewards/{term.name}/mean"] = masked_mean(batch.term_scores[:, k], kept).item()
+            stats[f"rewards/{term.name}/std"] = _std(batch.term_scores[batch.keep, k])
         scorer = self.models.scorer
         if scorer is not None and not scorer.same:  # re-tokenised for a scorer with its own tokenizer
             stats["objective/scorer_truncated"] = float(scorer.truncated)
@@ -151,14 +168,16 @@ class PPOTrainer:
 
     # -- phase 4: update ----------------------------------------------------------------------------------------
     def update(self, batch: Rollout, mask: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor) -> dict:
-        """ppo_epochs passes of num_minibatches optimizer steps over the (whole, gathered) batch."""
+        """ppo_epochs passes of num_minibatches optimizer steps over the (whole, gathered) batch; each minibatch
+        holds whole groups (all samples of its prompts)."""
         c, (rank, world_size) = self.config, world()
         per_rank = c.minibatch_size // world_size
         micro = min(c.compute.micro_batch_size, per_rank)
         sums: dict[str, float] = {}
+        groups = group_ids(len(mask), world_size, c.num_generations)
         for epoch in range(c.ppo_epochs):
             g = torch.Generator().manual_seed(seed_for(c.seed, self.iteration, epoch, 11))
-            order = torch.randperm(len(mask), generator=g)
+            order = group_order(groups, g)  # whole groups per minibatch
             for k in range(c.num_minibatches):
                 minibatch = order[k * c.minibatch_size:(k + 1) * c.minibatch_size]
                 n_tokens = mask[minibatch].sum().clamp(min=1)
@@ -258,8 +277,11 @@ class PPOTrainer:
                                                       messages=[messages[i] for i in chunk] if messages else None)
             rows += sample_rows(batch, responses, batch.scores, chunk, texts, gold_fn)
         rows = _gather_rows(rows)
+        if not self.config.uses_reference:
+            rows = [{**r, "kl": None} for r in rows]
+        named = (("score_mean", "score"), ("kl_to_ref", "kl"), ("length_mean", "length"))
         metrics = {name: float(np.mean([r[k] for r in rows]))  # named as the evaluation stage names them
-                   for name, k in (("score_mean", "score"), ("kl_to_ref", "kl"), ("length_mean", "length"))}
+                   for name, k in named if self.config.uses_reference or k != "kl"}
         if gold_fn is not None:
             metrics["gold_mean"] = float(np.mean([r["gold"] for r in rows]))
         return metrics, rows
@@ -288,6 +310,10 @@ class PPOTrainer:
         if self.models.critic is not None:
             ds.load_checkpoint(self.models.critic, f"{ckpt_dir}/critic")
         self.load_state(client["ppo"])
+
+
+def _std(x: torch.Tensor) -> float:
+    return x.std().item() if len(x) > 1 else 0.0
 
 
 def _all_gather(batch: Rollout) -> Rollout:

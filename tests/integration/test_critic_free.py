@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from components.data.gold import gold_scores
-from components.data.prepare import read_split
+from components.data.prepare import load_data_tokenizer, read_split
 from components.ppo import run, train
 
 
@@ -31,13 +31,36 @@ def test_grpo_with_the_reward_model_beats_sft_by_gold(demo_config, demo_data, sf
     assert (tmp_path / "grpo" / "model.safetensors").is_file()
 
 
-def test_rloo_with_a_python_reward_function_beats_sft_by_gold(demo_config, demo_data, sft_run, tmp_path):
+def finished(prompts: list[str], responses: list[str]) -> list[float]:
+    """A verifiable format reward: 1 for a response that ends a sentence."""
+    return [float(r.rstrip().endswith((".", "!"))) for r in responses]
+
+
+def test_rloo_with_weighted_python_rewards_and_no_reference_beats_sft_by_gold(demo_config, demo_data, sft_run):
+    from components.models.config import ModelSpec
+    from components.ppo.api import build_models
+
     prompts = list(dict.fromkeys(r["prompt"] for r in read_split(demo_data.path, "preference_train")))
     held_out = [r["prompt"] for r in read_split(demo_data.path, "eval_prompts")]
-    config = _critic_free(demo_config, advantage="rloo")
-    result = train(prompts, reward_fn=gold_scores, config=config, model=str(sft_run[0]), eval_prompts=held_out,
-                   gold_fn=gold_scores)
-    _learned(result.metrics, kl_bound=40.0)  # the gold reward is wider than the reward model's: measured 27 nats
+    config = _critic_free(demo_config, advantage="rloo", kl={"coef": 0.0})
+    logged = []
+    result = train(prompts, reward_fn=[gold_scores, finished], reward_weights=[1.0, 0.5], config=config,
+                   model=str(sft_run[0]), eval_prompts=held_out, gold_fn=gold_scores,
+                   on_log=lambda step, m: logged.append(m))
+    m = result.metrics
+    assert m["eval/gold_win_rate_vs_initial"] >= 0.75, m
+    assert m["eval/gold_mean"] > m["eval/initial/gold_mean"] + 0.5, m
+    stats = [s for s in logged if "loss/policy_avg" in s]
+    assert len(stats) == config.iterations
+    for s in stats:  # each term logged, and the reward trained on is their weighted sum
+        assert s["objective/scores"] == pytest.approx(s["rewards/gold_scores/mean"] + 0.5 * s["rewards/finished/mean"],
+                                                      abs=1e-5)
+    # kl.coef 0: no reference is loaded, and no KL is reported against one that does not exist
+    assert not any(k.endswith(("objective/kl", "kl_to_ref")) for s in logged for k in s)
+    tok = load_data_tokenizer(demo_data.path)
+    assert build_models(config, tok, ModelSpec(name_or_path=str(sft_run[0])), None).reference is None
+    assert build_models(config.model_copy(update={"kl": config.kl.model_copy(update={"coef": 0.05})}), tok,
+                        ModelSpec(name_or_path=str(sft_run[0])), None).reference is not None
 
 
 def test_estimators_that_compare_samples_need_a_group(demo_config):

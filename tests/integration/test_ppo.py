@@ -10,7 +10,7 @@ from components.data.gold import gold_scores
 from components.data.prepare import load_data_tokenizer, read_split
 from components.errors import DataError
 from components.ppo import PPOConfig, run, train
-from components.ppo.rewards import RewardError
+from components.ppo.rewards import RewardError, RewardTerm
 
 TINY = dict(iterations=2, batch_size=8, num_minibatches=2, ppo_epochs=2, lr=1e-4, eval_every=100,
             compute={"micro_batch_size": 2}, rollout={"max_new_tokens": 12})
@@ -68,7 +68,7 @@ def test_rollout_logprobs_and_values_match_a_full_forward(demo_data, sft_run):
     models = build_models(config, tok, _spec(sft_run[0]), None)
     texts = _prompts(demo_data, 8)
     prompts = encode_prompts(tok, texts, 12, 128)
-    trainer = PPOTrainer(config, models, tok, prompts, texts, reward_fn=gold_scores)
+    trainer = PPOTrainer(config, models, tok, prompts, texts, [RewardTerm("gold", 1.0, gold_scores)])
     ids, mask = left_pad(prompts, tok.pad_token_id, trainer.prompt_width + 3)
     with torch.no_grad():
         batch = rollout(trainer.actor, trainer.actor.lm, ids, mask, config.rollout, tok)
@@ -144,7 +144,8 @@ def test_lora_trains_only_adapters_and_uses_the_base_as_reference(demo_data, sft
     models = build_models(config, tok, _spec(sft_run[0]), None)
     assert models.reference is None
     texts = _prompts(demo_data)
-    trainer = PPOTrainer(config, models, tok, encode_prompts(tok, texts, 12, 128), texts, reward_fn=gold_scores)
+    terms = [RewardTerm("gold", 1.0, gold_scores)]
+    trainer = PPOTrainer(config, models, tok, encode_prompts(tok, texts, 12, 128), texts, terms)
     before = {n: p.detach().clone() for n, p in trainer.actor.named_parameters()}
     first = trainer.step()
     assert abs(first["objective/kl"]) < 1e-4  # adapters start at zero: the policy is its reference

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.ppo.advantages import (group_ids, grpo_advantages, reinforce_pp_advantages, rloo_advantages,
+from components.ppo.advantages import (group_ids, group_order, grpo_advantages, reinforce_pp_advantages, rloo_advantages,
                                        token_weights, zero_std_fraction)
 
 KEEP = torch.ones(6, dtype=torch.bool)
@@ -62,3 +62,16 @@ def test_loss_aggregations_weigh_tokens_as_their_methods_define():
     assert aggregate("token_mean") == pytest.approx(9.0 / 5)  # DAPO / PPO: all tokens equal
     assert aggregate("sequence_mean") == pytest.approx((1.0 + 5.0) / 2)  # GRPO: sequences equal
     assert aggregate("constant") == pytest.approx((4.0 + 5.0) / (2 * 4))  # Dr. GRPO: fixed normaliser
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_minibatches_cut_from_the_shuffle_hold_whole_groups(world_size):
+    groups = group_ids(24, world_size, group_size=4)  # 6 prompts x 4 samples, gathered from `world_size` ranks
+    order = group_order(groups, torch.Generator().manual_seed(5))
+    assert sorted(order.tolist()) == list(range(24))  # a permutation of the rows
+    minibatches = groups[order].view(3, 8)  # 3 minibatches of 8 samples = 2 whole groups each
+    assert all(len(set(mb.tolist())) == 2 and (mb.bincount()[mb.unique()] == 4).all() for mb in minibatches)
+    assert groups[order].tolist() != sorted(groups.tolist())  # the groups are shuffled, not left in order
+    singles = torch.arange(10)  # one sample per prompt (PPO): exactly torch.randperm, so PPO runs are unchanged
+    assert group_order(singles, torch.Generator().manual_seed(5)).tolist() == \
+        torch.randperm(10, generator=torch.Generator().manual_seed(5)).tolist()

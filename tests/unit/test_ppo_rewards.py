@@ -9,7 +9,9 @@ from pydantic import ValidationError
 from components.evaluation.metrics import per_prompt_means, win_rate
 from components.ppo.config import PPOConfig
 from components.ppo.kl import AdaptiveKLController, FixedKLController, from_state
-from components.ppo.rewards import RewardError, RunningMoments, check_scores, shape_scores, token_rewards
+from components.errors import ConfigError
+from components.ppo.rewards import (RewardError, RewardTerm, RunningMoments, check_scores, combine_scores,
+                                      reward_terms, shape_scores, token_rewards)
 from components.ppo.rollout import _response_mask
 
 
@@ -102,3 +104,53 @@ def test_distinct_n_counts_unique_ngrams_over_all_responses():
     assert distinct_n(texts, 1) == pytest.approx(3 / 7)
     assert distinct_n(texts, 2) == pytest.approx(3 / 5)
     assert distinct_n(["a"], 2) == 0.0
+
+
+def _length(prompts, responses):
+    return [float(len(r)) for r in responses]
+
+
+def test_reward_terms_are_weighted_summed_and_checked_each_by_name():
+    terms = [RewardTerm("gold", 1.0), RewardTerm("length", -0.5), RewardTerm("reward_model", 2.0)]
+    scores, per_term, keep = combine_scores([[1.0, 2.0], [4.0, 2.0], [0.5, float("nan")]], terms, 2, "skip")
+    torch.testing.assert_close(scores, torch.tensor([1.0 - 2.0 + 1.0, 0.0]))  # the NaN row is dropped whole
+    torch.testing.assert_close(per_term, torch.tensor([[1.0, 4.0, 0.5], [0.0, 0.0, 0.0]]))
+    assert keep.tolist() == [True, False]
+    with pytest.raises(RewardError, match="^length returned 1 scores for 2 responses"):
+        combine_scores([[1.0, 2.0], [4.0], [0.5, 1.0]], terms, 2, "error")
+    with pytest.raises(RewardError, match="^reward_model: reward is NaN"):
+        combine_scores([[1.0, 2.0], [4.0, 2.0], [0.5, float("nan")]], terms, 2, "error")
+
+
+def test_reward_terms_come_from_the_api_or_from_ppo_rewards():
+    from components.data.gold import gold_scores
+    config = PPOConfig(rewards=[{"function": "components.data.gold:gold_scores", "weight": 0.5},
+                                {"weight": 2.0, "name": "rm"}])
+    assert reward_terms(config.rewards, None, None, has_model=True) == [
+        RewardTerm("gold_scores", 0.5, gold_scores), RewardTerm("rm", 2.0)]
+    with pytest.raises(ConfigError, match="a term is the reward model, but no reward model was given"):
+        reward_terms(config.rewards, None, None, has_model=False)
+    # the trlx-style API: functions (weighted) and a given reward model, which keeps ppo.rewards' weight for it
+    assert reward_terms(config.rewards, [gold_scores, _length], [1.0, 0.1], has_model=True) == [
+        RewardTerm("gold_scores", 1.0, gold_scores), RewardTerm("_length", 0.1, _length), RewardTerm("reward_model", 2.0)]
+    assert reward_terms(PPOConfig().rewards, gold_scores, None, has_model=False) == [
+        RewardTerm("gold_scores", 1.0, gold_scores)]
+    with pytest.raises(ConfigError, match="2 weights for 1 reward functions"):
+        reward_terms(config.rewards, [gold_scores], [1.0, 2.0], has_model=False)
+    with pytest.raises(ConfigError, match="share a name"):
+        reward_terms(config.rewards, [gold_scores, gold_scores], None, has_model=False)
+
+
+def test_ppo_rewards_config_errors_name_the_field():
+    with pytest.raises(ValidationError, match=r"rewards\.0\.function\n.*cannot import module 'nope'"):
+        PPOConfig(rewards=[{"function": "nope:reward"}])
+    with pytest.raises(ValidationError, match="not of the form module:function"):
+        PPOConfig(rewards=[{"function": "components.data.gold"}])
+    with pytest.raises(ValidationError, match="named alike"):
+        PPOConfig(rewards=[{"function": "components.data.gold:gold_scores"}, {"name": "gold_scores"}])
+    with pytest.raises(ValidationError, match="reward model is listed twice"):
+        PPOConfig(rewards=[{}, {"name": "again"}])
+    with pytest.raises(ValidationError, match="reward_model is set but no entry of rewards uses it"):
+        PPOConfig(reward_model={"name_or_path": "some/rm"}, rewards=[{"function": "components.data.gold:gold_scores"}])
+    with pytest.raises(ValidationError, match="would split groups of num_generations=4"):
+        PPOConfig(advantage="grpo", num_generations=4, batch_size=6, num_minibatches=4)

@@ -22,7 +22,7 @@ from tasks.stages import (champion_task, data_task, dpo_task, evaluate_task, gat
                           register_task, reward_task, sft_task)
 
 Stage = Literal["data", "sft", "reward", "ppo", "dpo", "evaluate"]
-Preset = Literal["demo", "tiny", "smollm2"]  # configs/*.yaml (a unit test keeps them in step)
+Preset = Literal["demo", "grpo", "tiny", "smollm2"]  # configs/*.yaml (a unit test keeps them in step)
 
 
 @flow(name="rlhf-pipeline", log_prints=True)
@@ -79,7 +79,8 @@ def run_stage(stage: str, config: PipelineConfig, upstream: dict[str, StageOutpu
     if stage == "reward":
         return reward_task(config.reward, n, upstream["data"], upstream["sft"], ctx)
     if stage == "ppo":
-        return ppo_task(config.ppo, n, config.gold_fn, upstream["data"], upstream["sft"], upstream.get("reward"), ctx)
+        return ppo_task(config.ppo, n, config.gold_fn, upstream["data"], upstream["sft"],
+                        upstream["reward"] if "reward" in config.upstream("ppo") else None, ctx)
     if stage == "dpo":
         return dpo_task(config.dpo, n, upstream["data"], upstream["sft"], ctx)
     return evaluate_task(config.evaluate, n, config.gold_fn, config.ppo.reward_model, config.promotion_metric,

@@ -194,6 +194,21 @@ def test_ppo_and_dpo_from_one_sft_model_side_by_side(env, first):
     assert changed["dpo"].cache_key == both["dpo"].cache_key
 
 
+def test_grpo_with_a_verifiable_reward_is_keyed_without_the_reward_model(env, first):
+    """GRPO scored by a Python function alone (the verifiable-reward setting) does not read the reward model: its
+    key leaves it out, so a reward-model change reruns the reward model and the evaluation, never GRPO."""
+    grpo = ["ppo.advantage=grpo", "ppo.num_generations=2", "ppo.batch_size=4", "promotion.margin=1000",
+            "ppo.rewards=[{function: 'components.data.gold:gold_scores'}]"]
+    out = run(env, *grpo)
+    assert [s for s, o in out.items() if not o.cached] == ["ppo", "evaluate"]
+    assert out["ppo"].parents == {"data": first["data"].fingerprint, "sft": first["sft"].fingerprint}
+    history = _tracker(env).client.get_metric_history(out["ppo"].mlflow_run_id, "rewards/gold_scores/mean")
+    assert len(history) == 2  # one per iteration, under TRL's GRPO name
+    changed = run(env, *grpo, "reward.lr=2e-4")
+    assert [s for s, o in changed.items() if not o.cached] == ["reward", "evaluate"]
+    assert changed["ppo"].cache_key == out["ppo"].cache_key
+
+
 def test_a_deleted_artifact_recomputes_exactly_that_stage(env, first):
     boto3.client("s3").delete_object(Bucket=BUCKET, Key=f"{PREFIX}/reward/{first['reward'].cache_key}/model.safetensors")
     again = run(env)

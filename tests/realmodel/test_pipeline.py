@@ -90,3 +90,29 @@ def test_ppo_samples_end_at_eos_and_are_scored_there(outputs):
     rows = [json.loads(line) for line in (Path(out["ppo"].uri) / "eval_samples.jsonl").read_text().splitlines()]
     assert rows and all("<|im_end|>" not in r["response"] and "<|im_start|>" not in r["response"] for r in rows)
     assert all(isinstance(r["score"], float) for r in rows)
+
+
+def test_grpo_on_the_real_model_with_weighted_rewards(outputs, smol_tokenizer, tmp_path):
+    """GRPO from the pipeline's SmolLM2 SFT model (LoRA, pad == EOS, chat template), rewarded by the reward model
+    plus a Python function at half weight: no value head, each term logged, the reward their weighted sum."""
+    from transformers import AutoConfig
+
+    from components.data.gold import gold_scores
+    from components.ppo import run
+
+    out, state = outputs
+    config = load_config("configs/smollm2.yaml", [
+        *FEW_STEPS, "ppo.advantage=grpo", "ppo.num_generations=2", "ppo.batch_size=2",
+        "ppo.rewards=[{weight: 1.0}, {function: 'components.data.gold:gold_scores', weight: 0.5, name: gold}]"])
+    logged = []
+    result = run(config.ppo, out["data"].uri, tmp_path / "grpo", out["sft"].uri, out["reward"].uri,
+                 config.data.max_length, gold_fn=gold_scores, on_log=lambda step, m: logged.append(m))
+    stats = [m for m in logged if "loss/policy_avg" in m]
+    assert len(stats) == 2
+    for m in stats:
+        assert m["objective/scores"] == pytest.approx(m["rewards/reward_model/mean"] + 0.5 * m["rewards/gold/mean"],
+                                                      abs=1e-4)
+        assert "loss/value_avg" not in m and 0.0 <= m["frac_reward_zero_std"] <= 1.0
+    assert "eval/gold_mean" in result.metrics and "eval/kl_to_ref" in result.metrics
+    saved = AutoConfig.from_pretrained(tmp_path / "grpo")
+    assert saved.model_type == "llama" and saved.vocab_size == len(smol_tokenizer)

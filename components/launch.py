@@ -25,14 +25,14 @@ def jsonl_logger(path: str | Path):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m components.launch", description=__doc__)
-    parser.add_argument("stage", choices=["sft", "reward", "ppo", "dpo"])
+    parser.add_argument("stage", choices=["sft", "reward", "ppo", "dpo", "es"])
     parser.add_argument("--config", help="pipeline YAML")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--data", required=True, help="data prep output directory")
     parser.add_argument("--out", required=True, help="where the trained model directory goes")
     parser.add_argument("--base", help="reward: backbone directory when reward.model is unset; "
-                                       "ppo, dpo: initial policy directory when ppo.model / dpo.model is unset")
-    parser.add_argument("--reward-model", help="ppo: reward model directory when ppo.reward_model is unset")
+                                       "ppo, dpo, es: initial policy directory when its `model` is unset")
+    parser.add_argument("--reward-model", help="ppo, es: reward model directory when its `reward_model` is unset")
     parser.add_argument("--metrics", help="JSONL file for per-step metrics (rank 0 only)")
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", 0))
@@ -49,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.stage == "dpo":
         from components.dpo.train import run
         metrics = run(config.dpo, args.data, args.out, config.data.max_length, base_model=args.base, on_log=on_log)
+    elif args.stage == "es":
+        from components.es import run
+        from components.evaluation.gold import load_gold
+        metrics = run(config.es, Path(args.data), args.out, args.base, args.reward_model,
+                      gold_fn=load_gold(config.gold_fn), on_log=on_log).metrics
     else:
         from components.evaluation.gold import load_gold
         from components.ppo import run

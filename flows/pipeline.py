@@ -18,10 +18,10 @@ from tasks.context import open_context, resolve_config, stages_from
 from tasks.output import StageOutput
 from tasks.runner import RunContext, load_output
 from tasks.tracking import is_key_metric
-from tasks.stages import (champion_task, data_task, dpo_task, evaluate_task, gate_task, ppo_task, promote_task,
+from tasks.stages import (champion_task, data_task, dpo_task, es_task, evaluate_task, gate_task, ppo_task, promote_task,
                           register_task, reward_task, sft_task)
 
-Stage = Literal["data", "sft", "reward", "ppo", "dpo", "evaluate"]
+Stage = Literal["data", "sft", "reward", "ppo", "dpo", "es", "evaluate"]
 Preset = Literal["demo", "grpo", "tiny", "smollm2"]  # configs/*.yaml (a unit test keeps them in step)
 
 
@@ -53,7 +53,8 @@ def rlhf_pipeline(config: PipelineConfig, force: list[Stage] | None = None, from
         outputs["evaluate"] = run_stage("evaluate", config, outputs, ctx, champion)
         p, policies = config.promotion, {name: outputs[name] for name in config.policies}
         decision = gate_task(outputs["evaluate"], policies, champion, config.promotion_metric, p)
-        version = register_task(policies[decision["algorithm"]], model_name, config.tracking.alias, ctx)
+        chosen = decision["algorithm"]  # the policy stage the gate picked
+        version = register_task(policies[chosen], model_name, config.tracking.alias, config.algorithm(chosen), ctx)
         approved = ask_approval(decision, p.approval_timeout_s) if decision["promote"] and p.require_approval else True
         promotion = promote_task(decision, approved, version, model_name, config.promotion_metric, ctx)
         seconds = time.perf_counter() - start
@@ -83,6 +84,9 @@ def run_stage(stage: str, config: PipelineConfig, upstream: dict[str, StageOutpu
                         upstream["reward"] if "reward" in config.upstream("ppo") else None, ctx)
     if stage == "dpo":
         return dpo_task(config.dpo, n, upstream["data"], upstream["sft"], ctx)
+    if stage == "es":
+        return es_task(config.es, config.gold_fn, upstream["data"], upstream["sft"],
+                       upstream["reward"] if "reward" in config.upstream("es") else None, ctx)
     return evaluate_task(config.evaluate, n, config.gold_fn, config.ppo.reward_model, config.promotion_metric,
                          upstream["data"], upstream["sft"], upstream["reward"],
                          {name: upstream[name] for name in config.policies}, champion, ctx)
@@ -217,10 +221,30 @@ def dpo_flow(config: PipelineConfig, data_uri: str | None = None, sft_uri: str |
     return _stage_alone("dpo", config, force, preset, overrides, data_uri=data_uri, sft_uri=sft_uri)
 
 
+@flow(name="es")
+def es_flow(config: PipelineConfig, data_uri: str | None = None, sft_uri: str | None = None,
+            reward_uri: str | None = None, force: bool = True, preset: Preset | None = None,
+            overrides: list[str] | None = None) -> StageOutput:
+    """Rerun evolution strategies alone on stored data prep, SFT and (when es.rewards uses it) reward model outputs.
+
+    Args:
+        config: The pipeline config (the deployment's default is configs/demo.yaml).
+        data_uri: A stored data output (s3://... or a path, as `rlhf runs` lists); empty: this config's own.
+        sft_uri: A stored SFT output; empty: this config's own (computed and cached when missing).
+        reward_uri: A stored reward model output; empty: this config's own (computed and cached when missing).
+        force: Recompute the stage even when a stored output with the same cache key exists.
+        preset: Start from configs/{preset}.yaml instead of `config`.
+        overrides: Dotted KEY=VALUE lines applied on top, e.g. es.iterations=100 or es.sigma=0.01.
+    """
+    return _stage_alone("es", config, force, preset, overrides, data_uri=data_uri, sft_uri=sft_uri,
+                        reward_uri=reward_uri)
+
+
 @flow(name="evaluate")
 def evaluate_flow(config: PipelineConfig, data_uri: str | None = None, sft_uri: str | None = None,
                   reward_uri: str | None = None, ppo_uri: str | None = None, dpo_uri: str | None = None,
-                  force: bool = True, preset: Preset | None = None, overrides: list[str] | None = None) -> StageOutput:
+                  es_uri: str | None = None, force: bool = True, preset: Preset | None = None,
+                  overrides: list[str] | None = None) -> StageOutput:
     """Rerun the evaluation alone on stored outputs: each policy the config's `policies` names.
 
     Args:
@@ -230,12 +254,14 @@ def evaluate_flow(config: PipelineConfig, data_uri: str | None = None, sft_uri: 
         reward_uri: A stored reward model output; empty: this config's own (computed and cached when missing).
         ppo_uri: The stored PPO policy to evaluate; empty: this config's own (computed and cached when missing).
         dpo_uri: The stored DPO policy, when `policies` names dpo; empty: this config's own.
+        es_uri: The stored ES policy, when `policies` names es; empty: this config's own.
         force: Recompute the stage even when a stored output with the same cache key exists.
         preset: Start from configs/{preset}.yaml instead of `config`.
         overrides: Dotted KEY=VALUE lines applied on top, e.g. evaluate.samples_per_prompt=8.
     """
     return _stage_alone("evaluate", config, force, preset, overrides, data_uri=data_uri, sft_uri=sft_uri,
-                        reward_uri=reward_uri, ppo_uri=ppo_uri, dpo_uri=dpo_uri)
+                        reward_uri=reward_uri, ppo_uri=ppo_uri, dpo_uri=dpo_uri, es_uri=es_uri)
 
 
-STAGE_FLOWS = {"sft": sft_flow, "reward": reward_flow, "ppo": ppo_flow, "dpo": dpo_flow, "evaluate": evaluate_flow}
+STAGE_FLOWS = {"sft": sft_flow, "reward": reward_flow, "ppo": ppo_flow, "dpo": dpo_flow, "es": es_flow,
+               "evaluate": evaluate_flow}

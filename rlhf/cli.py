@@ -104,7 +104,7 @@ def _run(args, config) -> int:
     else:  # the URIs given; the other upstream outputs are this config's own (computed if missing)
         uris = {f"{u}_uri": getattr(args, u) for u in config.upstream(args.name)}
         outputs = {args.name: STAGE_FLOWS[args.name](config, **uris)}
-    _summary(outputs)
+    _summary(outputs, config)
     return 0
 
 
@@ -139,7 +139,7 @@ def _feedback(args, config) -> int:
     return 0
 
 
-def _summary(outputs) -> None:
+def _summary(outputs, config) -> None:
     from components.evaluation.metrics import held_out, policy_names
     from tasks.tracking import is_key_metric
 
@@ -151,7 +151,7 @@ def _summary(outputs) -> None:
     policies = policy_names(p for p in POLICY_STAGES if p in outputs)
     for policy, name in policies.items():
         if held_out("gold_mean", name) in m:
-            print(f"  gold score on held-out prompts: SFT {m[held_out('gold_mean', 'sft')]:.3f} -> {policy.upper()} "
+            print(f"  gold score on held-out prompts: SFT {m[held_out('gold_mean', 'sft')]:.3f} -> {config.algorithm(policy).upper()} "
                   f"{m[held_out('gold_mean', name)]:.3f}; wins {m[held_out('gold_win_rate_vs_sft', name)]:.0%} of "
                   f"prompts against SFT; KL to SFT {m[held_out('kl_to_ref', name)]:.2f} nats")
     for policy in policies:

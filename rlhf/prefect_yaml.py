@@ -21,7 +21,7 @@ HEADER = """\
 """
 
 # Which pool runs which flow: the GPU-heavy stage flows on `gpu`, the rest on `cpu`.
-STAGE_FLOWS = {"sft": "gpu", "reward": "gpu", "ppo": "gpu", "dpo": "gpu", "evaluate": "cpu", "feedback": "cpu"}
+STAGE_FLOWS = {"sft": "gpu", "reward": "gpu", "ppo": "gpu", "dpo": "gpu", "es": "gpu", "evaluate": "cpu", "feedback": "cpu"}
 ENTRYPOINTS = {"feedback": "flows/feedback.py:feedback_flow"}
 FEEDBACK_EVENT = "rlhf.feedback.stored"  # flows.feedback.EVENT (not imported: that pulls in prefect and torch)
 

@@ -14,15 +14,15 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tasks.launched")
-    parser.add_argument("stage", choices=["sft", "reward", "ppo", "dpo"])
+    parser.add_argument("stage", choices=["sft", "reward", "ppo", "dpo", "es"])
     parser.add_argument("--stage-config", required=True, help="JSON of the stage's config")
     parser.add_argument("--max-length", type=int, required=True)
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--sft", help="SFT model dir (reward backbone, PPO and DPO initial policy)")
-    parser.add_argument("--reward", help="reward model dir (PPO)")
+    parser.add_argument("--sft", help="SFT model dir (reward backbone, PPO, DPO and ES initial policy)")
+    parser.add_argument("--reward", help="reward model dir (PPO, ES)")
     parser.add_argument("--feedback", action="append", default=[], help="feedback dataset dir (reward, DPO; repeatable)")
-    parser.add_argument("--checkpoints", help="checkpoint dir to save into and resume from (PPO, DPO)")
+    parser.add_argument("--checkpoints", help="checkpoint dir to save into and resume from (PPO, DPO, ES)")
     parser.add_argument("--gold", help="gold scorer (module:function) of held-out samples")
     parser.add_argument("--result", required=True, help="JSON file for the returned metrics (rank 0)")
     parser.add_argument("--tracking-uri", required=True)
@@ -51,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         from components.dpo.train import run
         metrics = run(DPOConfig.model_validate_json(text), args.data, args.out, args.max_length, base_model=args.sft,
                       on_log=on_log, feedback_dirs=args.feedback, checkpoint_dir=args.checkpoints)
+    elif args.stage == "es":
+        from components.es import ESConfig, run
+        from components.evaluation.gold import load_gold
+        metrics = run(ESConfig.model_validate_json(text), Path(args.data), args.out, args.sft, args.reward,
+                      gold_fn=load_gold(args.gold), checkpoint_dir=args.checkpoints, on_log=on_log).metrics
     else:
         from components.evaluation.gold import load_gold
         from components.ppo import PPOConfig, run

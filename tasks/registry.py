@@ -15,17 +15,17 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in ("torch", "transformers", "tokenizers", "safetensors")]
 
 
-def register_policy(ctx: RunContext, policy: StageOutput, name: str, alias: str) -> str:
+def register_policy(ctx: RunContext, policy: StageOutput, name: str, alias: str, algorithm: str) -> str:
     """Log a trained policy (a ppo or dpo output: a HF directory, fetched from the store only when needed) to its
-    stage's run as an mlflow.transformers model and register it under `name` with `alias`; the version's
-    `rlhf.algorithm` tag names the stage. An output registered before (same run) is not registered again.
-    Returns the version."""
-    client, run_id, algorithm = ctx.tracker.client, policy.mlflow_run_id, policy.stage
+    stage's run as an mlflow.transformers model and register it under `name` with `alias`; the version's tags name
+    the stage (`rlhf.stage`) and the `algorithm` it trained with (`rlhf.algorithm`: ppo, grpo, rloo, reinforce_pp,
+    dpo). An output registered before (same run) is not registered again. Returns the version."""
+    client, run_id = ctx.tracker.client, policy.mlflow_run_id
     try:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="RLHF policies trained by the rlhf pipeline (PPO or DPO "
-                                                         "stage; the version's rlhf.algorithm tag says which).")
+                                                         "stage; the version's rlhf.stage and rlhf.algorithm tags say which).")
     existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if existing:
         mv = existing[0]
@@ -48,7 +48,7 @@ def register_policy(ctx: RunContext, policy: StageOutput, name: str, alias: str)
             f"run [{pipeline}]({ctx.tracker.run_url(pipeline)}). The gate's decision and the evaluation's key "
             "metrics are in the rlhf.gate.* and metric.* tags."),
             tags={"rlhf.pipeline_run_id": pipeline, "rlhf.uri": policy.uri, "rlhf.fingerprint": policy.fingerprint,
-                  "rlhf.algorithm": algorithm})
+                  "rlhf.stage": policy.stage, "rlhf.algorithm": algorithm})
     client.set_registered_model_alias(name, alias, mv.version)
     ctx.tracker.tag(ctx.parent_run_id, {"rlhf.registered_model": f"{name}/{mv.version}@{alias}"})
     return mv.version

@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components.data.config import DataConfig
 from components.dpo.config import DPOConfig
+from components.es.config import ESConfig
 from components.evaluation.config import EvaluationConfig, PromotionConfig
 from components.evaluation.metrics import held_out
 from components.models.config import ScorerSpec
@@ -26,7 +27,7 @@ from tasks.output import StageOutput
 from tasks.runner import RunContext, execute, load_output
 from tasks.tracking import KEY_METRICS
 
-VERSIONS = {"data": "1", "sft": "1", "reward": "1", "ppo": "1", "dpo": "1", "evaluate": "2"}
+VERSIONS = {"data": "1", "sft": "1", "reward": "1", "ppo": "1", "dpo": "1", "es": "1", "evaluate": "2"}
 
 
 @task(name="data", version=VERSIONS["data"], cache_policy=NO_CACHE)
@@ -112,11 +113,33 @@ def dpo_task(config: DPOConfig, max_length: int, data: StageOutput, sft: StageOu
                    {"data.max_length": max_length})
 
 
+@task(name="es", version=VERSIONS["es"], cache_policy=NO_CACHE)
+def es_task(config: ESConfig, gold: str | None, data: StageOutput, sft: StageOutput, reward: StageOutput | None,
+            ctx: RunContext) -> StageOutput:
+    """Evolution strategies from the SFT model on PPO's prompts, rewarded by es.rewards (`reward`: the reward
+    stage's model, None when no term uses it); a rerun after a crash resumes from the stage's checkpoint."""
+    def compute(inputs, out, stage_run):
+        if config.compute.num_processes > 1:
+            return run_launched("es", config, config.compute.num_processes, 0, inputs, out, stage_run, gold=gold,
+                                checkpoints=stage_run.checkpoints)
+        from components.es.train import run
+        from components.evaluation.gold import load_gold
+
+        def on_samples(iteration: int, rows: list[dict]) -> None:
+            ctx.tracker.log_table(stage_run.run_id, rows, f"samples/iteration_{iteration:05d}.json")
+
+        return run(config, inputs["data"], out, inputs["sft"], inputs.get("reward"), gold_fn=load_gold(gold),
+                   checkpoint_dir=stage_run.checkpoints, on_log=stage_run.on_log, on_samples=on_samples).metrics
+
+    parents = {"data": data, "sft": sft, **({"reward": reward} if reward is not None else {})}
+    return execute("es", VERSIONS["es"], config, parents, compute, ctx, {"gold": gold})
+
+
 @task(name="evaluate", version=VERSIONS["evaluate"], cache_policy=NO_CACHE)
 def evaluate_task(config: EvaluationConfig, max_length: int, gold: str | None, scorer: ScorerSpec | None,
                   select_by: str, data: StageOutput, sft: StageOutput, reward: StageOutput,
                   policies: dict[str, StageOutput], champion: StageOutput | None, ctx: RunContext) -> StageOutput:
-    """Every trained policy (ppo, dpo) against SFT, each other and, when the registry has one, the champion (its
+    """Every trained policy (ppo, dpo, es) against SFT, each other and, when the registry has one, the champion (its
     fingerprint joins the key), scored by the reward model PPO used (`scorer`, i.e. ppo.reward_model, else the
     reward stage's model); the best by `select_by` is the candidate (eval/<q>)."""
     parents = {"data": data, "sft": sft, "reward": reward, **policies}
@@ -149,13 +172,13 @@ def evaluate_task(config: EvaluationConfig, max_length: int, gold: str | None, s
 
 
 @task(name="register-policy", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def register_task(policy: StageOutput, model_name: str, alias: str, ctx: RunContext) -> str:
+def register_task(policy: StageOutput, model_name: str, alias: str, algorithm: str, ctx: RunContext) -> str:
     """Register a trained policy (a ppo or dpo stage output) as a version of `model_name` with `alias`, once per
-    output (rerunning a cached pipeline does not add versions); the version's `rlhf.algorithm` tag says which.
-    Returns the version."""
+    output (rerunning a cached pipeline does not add versions); the version's `rlhf.stage` and `rlhf.algorithm`
+    (e.g. grpo from the ppo stage) tags say which. Returns the version."""
     from tasks.registry import register_policy
 
-    return register_policy(ctx, policy, model_name, alias)
+    return register_policy(ctx, policy, model_name, alias, algorithm)
 
 
 def _prefect_report(out: Path, metrics: dict[str, float]) -> None:

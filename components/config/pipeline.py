@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 from components.config.base import StrictModel
 from components.data.config import DataConfig
 from components.dpo.config import DPOConfig
+from components.es.config import ESConfig
 from components.evaluation.config import EvaluationConfig, PromotionConfig
 from components.evaluation.gold import DEMO_GOLD
 from components.ppo.config import PPOConfig
@@ -15,10 +16,12 @@ from components.reward.config import RewardConfig
 from components.sft.config import SFTConfig
 
 
-STAGES = ("data", "sft", "reward", "ppo", "dpo", "evaluate")  # the pipeline's order
-POLICY_STAGES = ("ppo", "dpo")  # the stages that train a candidate policy from the SFT model
+STAGES = ("data", "sft", "reward", "ppo", "dpo", "es", "evaluate")  # the pipeline's order
+POLICY_STAGES = ("ppo", "dpo", "es")  # the stages that train a candidate policy from the SFT model
 _NEEDS = {"data": (), "sft": ("data",), "reward": ("data", "sft"), "ppo": ("data", "sft", "reward"),
-          "dpo": ("data", "sft")}  # DPO learns from the pairs themselves: no reward model in its inputs (nor key)
+          "dpo": ("data", "sft"),  # DPO learns from the pairs themselves: no reward model in its inputs (nor key)
+          "es": ("data", "sft", "reward")}
+_REWARDED = ("ppo", "es")  # stages whose reward may be the reward stage's model (their `rewards` say)
 
 
 class TrackingConfig(StrictModel):
@@ -44,7 +47,9 @@ class PipelineConfig(StrictModel):
     reward: RewardConfig = Field(default_factory=RewardConfig, description="Reward model stage.")
     ppo: PPOConfig = Field(default_factory=PPOConfig, description="PPO stage.")
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="DPO stage (trained when `policies` names it).")
-    policies: list[Literal["ppo", "dpo"]] = Field(["ppo"], min_length=1, description="Policy stages to train, "
+    es: ESConfig = Field(default_factory=ESConfig, description="Evolution strategies stage (trained when `policies` "
+                         "names it).")
+    policies: list[Literal["ppo", "dpo", "es"]] = Field(["ppo"], min_length=1, description="Policy stages to train, "
                                                   "each from the same SFT model; the evaluation compares them and "
                                                   "the gate picks the best candidate.")
     evaluate: EvaluationConfig = Field(default_factory=EvaluationConfig, description="Evaluation stage.")
@@ -82,13 +87,18 @@ class PipelineConfig(StrictModel):
         return tuple(s for s in STAGES if s not in POLICY_STAGES or s in self.policies)
 
     def upstream(self, stage: str) -> tuple[str, ...]:
-        """The stages whose outputs `stage` reads, in pipeline order. PPO reads the reward stage's model only when
-        a term of ppo.rewards is the reward model and ppo.reward_model names none, so a verifiable-reward run's key
-        does not change with the reward model."""
+        """The stages whose outputs `stage` reads, in pipeline order. PPO and ES read the reward stage's model only
+        when a term of their `rewards` is the reward model and their `reward_model` names none, so a verifiable-reward
+        run's key does not change with the reward model."""
         needs = _NEEDS.get(stage, tuple(s for s in self.stages if s != "evaluate"))
-        if stage == "ppo" and (not self.ppo.uses_reward_model or self.ppo.reward_model is not None):
+        if stage in _REWARDED and (not getattr(self, stage).uses_reward_model or getattr(self, stage).reward_model):
             needs = tuple(s for s in needs if s != "reward")
         return tuple(s for s in self.stages if s in needs)
+
+    def algorithm(self, stage: str) -> str:
+        """The algorithm a policy stage trains with: the ppo stage's estimator (ppo, grpo, rloo, reinforce_pp), or
+        the stage's name (dpo)."""
+        return self.ppo.algorithm if stage == "ppo" else stage
 
     @property
     def gold_fn(self) -> str | None:

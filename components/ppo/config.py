@@ -55,8 +55,8 @@ class RewardFunctionConfig(StrictModel):
         return self.name or (self.function.rpartition(":")[2] if self.function else "reward_model")
 
 
-class PPOConfig(StrictModel):
-    """PPO with a KL penalty against a frozen reference (Ouyang et al. 2022), on DeepSpeed engines."""
+class RewardedPolicyConfig(StrictModel):
+    """What an RL stage (PPO and its critic-free estimators, ES) starts from and is rewarded by."""
 
     model: ModelSpec | None = Field(None, description="Initial policy; default: the SFT stage's output model.")
     reward_model: ScorerSpec | None = Field(None, description="Scorer (with its own tokenizer); default: the reward "
@@ -65,6 +65,27 @@ class PPOConfig(StrictModel):
         default_factory=lambda: [RewardFunctionConfig()], min_length=1,
         description="The reward, a weighted sum of terms, each logged as rewards/<name>/mean: the reward model "
                     "and/or Python functions. Default: the reward model alone.")
+
+    @model_validator(mode="after")
+    def _reward_terms(self):
+        labels = [r.label for r in self.rewards]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"rewards: two terms are named alike ({labels}); give them distinct names")
+        if sum(r.function is None for r in self.rewards) > 1:
+            raise ValueError("rewards: the reward model is listed twice")
+        if self.reward_model is not None and not self.uses_reward_model:
+            raise ValueError("reward_model is set but no entry of rewards uses it (an entry without `function`)")
+        return self
+
+    @property
+    def uses_reward_model(self) -> bool:
+        """Whether a term of the reward is the reward model (else it is never loaded)."""
+        return any(r.function is None for r in self.rewards)
+
+
+class PPOConfig(RewardedPolicyConfig):
+    """PPO with a KL penalty against a frozen reference (Ouyang et al. 2022), on DeepSpeed engines."""
+
     critic: Literal["value_head", "separate"] = Field(
         "value_head", description="Value head on the policy trunk, or a separate critic model with its own backbone.")
     critic_model: ModelSpec | None = Field(None, description="Separate critic's initial weights; default: the policy's.")
@@ -133,13 +154,6 @@ class PPOConfig(StrictModel):
         if self.compute.gradient_accumulation_steps != 1:
             raise ValueError("compute.gradient_accumulation_steps: PPO derives accumulation from the minibatch "
                              "(batch_size / num_minibatches / micro_batch_size / processes); leave it at 1")
-        labels = [r.label for r in self.rewards]
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"rewards: two terms are named alike ({labels}); give them distinct names")
-        if sum(r.function is None for r in self.rewards) > 1:
-            raise ValueError("rewards: the reward model is listed twice")
-        if self.reward_model is not None and not self.uses_reward_model:
-            raise ValueError("reward_model is set but no entry of rewards uses it (an entry without `function`)")
         if self.critic_model is not None and self.critic != "separate":
             raise ValueError("critic_model is set but critic is 'value_head'; set critic: separate")
         return self
@@ -150,9 +164,9 @@ class PPOConfig(StrictModel):
         return self.batch_size * self.num_generations // self.num_minibatches
 
     @property
-    def uses_reward_model(self) -> bool:
-        """Whether a term of the reward is the reward model (else it is never loaded)."""
-        return any(r.function is None for r in self.rewards)
+    def algorithm(self) -> str:
+        """What this stage trains with, as users name it: ppo (with GAE), grpo, rloo or reinforce_pp."""
+        return "ppo" if self.advantage == "gae" else self.advantage
 
     @property
     def uses_reference(self) -> bool:

@@ -127,9 +127,15 @@ def score(batch: Rollout, ref_lm, critic, scorer, terms: list[RewardTerm], promp
     if critic is not None:
         batch.values = response_values(critic, ids, mask, r)
     responses = decode_responses(batch, tokenizer)
-    raw = [scorer(ids, mask, prompts, responses, batch.has_eos, messages) if t.fn is None else t.fn(prompts, responses)
-           for t in terms]
-    return batch, responses, raw
+    return batch, responses, score_terms(batch, responses, scorer, terms, prompts, messages)
+
+
+def score_terms(batch: Rollout, responses: list[str], scorer, terms: list[RewardTerm], prompts: list[str],
+                messages: list | None = None) -> list:
+    """Each reward term's raw scores of the sampled responses: the `Scorer` (which reads the token ids) for the
+    reward model's term, `fn(prompts, responses)` for the others; checked by `rewards.combine_scores`."""
+    return [scorer(batch.input_ids, batch.attention_mask, prompts, responses, batch.has_eos, messages)
+            if t.fn is None else t.fn(prompts, responses) for t in terms]
 
 
 def sample_rows(batch: Rollout, responses: list[str], scores, indices: list[int], texts: list[str],

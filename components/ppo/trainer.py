@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from components.compute import engine as ds
 from components.compute.engine import world
+from components.compute.seeds import seed_for
 from components.ppo import kl as klc
 from components.ppo.advantages import (group_ids, group_order, grpo_advantages, reinforce_pp_advantages, rloo_advantages,
                                        token_weights, zero_std_fraction)
@@ -29,11 +30,6 @@ from components.ppo.rollout import Rollout, left_pad, rollout, sample_rows, scor
 from components.sft.data import collate, token_nll
 
 log = logging.getLogger(__name__)
-
-
-def seed_for(*keys: int) -> int:
-    """A seed derived from (seed, iteration, rank, ...), so sampling never depends on what ran before."""
-    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
 
 
 @dataclass

@@ -65,7 +65,8 @@ def test_deploy_schedule_schema_and_a_run_from_the_ui(deployed):
     base, env, tmp = deployed
 
     names = {d["name"] for d in api(base, "/deployments/filter", {})}
-    assert names == {"retrain-weekly", "retrain-on-feedback", "sft-adhoc", "reward-adhoc", "ppo-adhoc", "dpo-adhoc", "evaluate-adhoc", "feedback-adhoc"}
+    assert names == {"retrain-weekly", "retrain-on-feedback", "sft-adhoc", "reward-adhoc", "ppo-adhoc", "dpo-adhoc",
+                     "es-adhoc", "evaluate-adhoc", "feedback-adhoc"}
     retrain = api(base, "/deployments/name/rlhf-pipeline/retrain-weekly")
     assert [s["schedule"]["cron"] for s in retrain["schedules"]] == ["0 3 * * 1"]
     assert retrain["work_pool_name"] == "cpu"

@@ -202,11 +202,30 @@ def test_grpo_with_a_verifiable_reward_is_keyed_without_the_reward_model(env, fi
     out = run(env, *grpo)
     assert [s for s, o in out.items() if not o.cached] == ["ppo", "evaluate"]
     assert out["ppo"].parents == {"data": first["data"].fingerprint, "sft": first["sft"].fingerprint}
-    history = _tracker(env).client.get_metric_history(out["ppo"].mlflow_run_id, "rewards/gold_scores/mean")
-    assert len(history) == 2  # one per iteration, under TRL's GRPO name
+    client = _tracker(env).client
+    assert len(client.get_metric_history(out["ppo"].mlflow_run_id, "rewards/gold_scores/mean")) == 2  # per iteration
+    candidate = client.get_model_version_by_alias("rlhf-tiny-policy", "candidate")
+    assert candidate.run_id == out["ppo"].mlflow_run_id
+    assert (candidate.tags["rlhf.stage"], candidate.tags["rlhf.algorithm"]) == ("ppo", "grpo")
     changed = run(env, *grpo, "reward.lr=2e-4")
     assert [s for s, o in changed.items() if not o.cached] == ["reward", "evaluate"]
     assert changed["ppo"].cache_key == out["ppo"].cache_key
+
+
+def test_es_joins_the_pipeline_as_a_policy_stage(env, first):
+    """`policies: [ppo, es]`: ES trains from the same SFT model on the reward model, keyed on its own config, and
+    the evaluation compares it with PPO (the champion stays: margin)."""
+    out = run(env, "policies=[ppo, es]", "promotion.margin=1000")
+    assert [s for s, o in out.items() if not o.cached] == ["es", "evaluate"]
+    assert out["es"].parents == {"data": first["data"].fingerprint, "sft": first["sft"].fingerprint,
+                                 "reward": out["reward"].fingerprint}
+    metrics = out["evaluate"].metrics
+    assert {"eval/es/gold_mean", "eval/es/kl_to_ref", "eval/es/gold_win_rate_vs_ppo",
+            "eval/es/reward_hacking_excess"} <= set(metrics)
+    history = _tracker(env).client.get_metric_history(out["es"].mlflow_run_id, "es/reward_mean")
+    assert [m.step for m in history] == [1, 2]
+    again = run(env, "policies=[ppo, es]", "promotion.margin=1000", "es.sigma=0.01")  # an ES setting: ES reruns
+    assert [s for s, o in again.items() if not o.cached] == ["es", "evaluate"]
 
 
 def test_a_deleted_artifact_recomputes_exactly_that_stage(env, first):

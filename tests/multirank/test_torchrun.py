@@ -115,3 +115,21 @@ def test_grpo_groups_hold_one_prompt_each_across_two_ranks(tiny_data, tmp_path):
     assert all(m["objective/scores_std"] > 1e-3 for m in iters[1])  # across groups, prompts did score differently
     for a, b in zip(*iters):
         assert b["objective/scores"] == pytest.approx(a["objective/scores"], abs=1e-4)
+
+
+ES = [f"es.model={ARCH}", f"es.reward_model={ARCH}", "es.iterations=3", "es.population_size=6", "es.batch_size=4",
+      "es.rollout.max_new_tokens=8", "es.eval_every=3", "es.sigma=0.05", "es.lr=0.01"]
+
+
+def test_es_two_ranks_equal_one_rank_bit_for_bit(tiny_data, tmp_path):
+    """Members are split over the ranks (3 each); only their rewards are reduced, every rank applies the same
+    update to weights restored exactly, so the saved policy is the same file as 1 rank's."""
+    out2, logged2 = launch(2, ES, tiny_data, tmp_path / "two", stage="es")
+    _, logged1 = launch(1, ES, tiny_data, tmp_path / "one", stage="es")
+    assert "[rank 0] es iteration 3/3" in out2 and "[rank 1] es iteration" not in out2
+    iters = [[m for m in logged if "es/reward_mean" in m] for logged in (logged1, logged2)]
+    assert [m["step"] for m in iters[1]] == [1, 2, 3]
+    assert [m["es/reward_mean"] for m in iters[1]] == [m["es/reward_mean"] for m in iters[0]]
+    assert all(m["es/reward_std"] > 0 for m in iters[1])  # members did score differently
+    weights = [(tmp_path / name / "model.safetensors").read_bytes() for name in ("one", "two")]
+    assert weights[0] == weights[1]

@@ -116,3 +116,23 @@ def test_grpo_on_the_real_model_with_weighted_rewards(outputs, smol_tokenizer, t
     assert "eval/gold_mean" in result.metrics and "eval/kl_to_ref" in result.metrics
     saved = AutoConfig.from_pretrained(tmp_path / "grpo")
     assert saved.model_type == "llama" and saved.vocab_size == len(smol_tokenizer)
+
+
+def test_es_on_the_real_model_perturbs_lora_adapters(outputs, smol_tokenizer, tmp_path):
+    """ES from the pipeline's SmolLM2 SFT model with LoRA (configs/smollm2.yaml's es section, a few members):
+    forward passes only, the reward model scoring each member, the merged policy saved as a llama dir."""
+    from transformers import AutoConfig
+
+    from components.data.gold import gold_scores
+    from components.es import run
+
+    out, _ = outputs
+    config = load_config("configs/smollm2.yaml", [*FEW_STEPS, "es.iterations=2", "es.population_size=2",
+                                                  "es.batch_size=2", "es.rollout.max_new_tokens=8", "es.eval_every=2"])
+    logged = []
+    result = run(config.es, out["data"].uri, tmp_path / "es", out["sft"].uri, out["reward"].uri, gold_fn=gold_scores,
+                 on_log=lambda step, m: logged.append(m))
+    assert [m["es/reward_mean"] == m["rewards/reward_model/mean"] for m in logged if "es/reward_mean" in m] == [True] * 2
+    assert "eval/gold_mean" in result.metrics and "eval/initial/gold_mean" in result.metrics
+    saved = AutoConfig.from_pretrained(tmp_path / "es")
+    assert saved.model_type == "llama" and saved.vocab_size == len(smol_tokenizer)

@@ -42,7 +42,7 @@ class RewardFunctionConfig(StrictModel):
                                  "floats (a verifiable or programmatic reward); null: the reward model "
                                  "(ppo.reward_model, else the reward stage's).")
     weight: float = Field(1.0, description="Weight of this term in the summed reward.")
-    name: str | None = Field(None, min_length=1, description="Name in the logs (rewards/<name>/mean); default: the "
+    name: str | None = Field(None, min_length=1, description="Name in the logs (rewards/{name}/mean); default: the "
                                                              "function's name, or reward_model.")
 
     @field_validator("function")
@@ -63,7 +63,7 @@ class RewardedPolicyConfig(StrictModel):
                                             "stage's output model. The evaluation stage scores with it too.")
     rewards: list[RewardFunctionConfig] = Field(
         default_factory=lambda: [RewardFunctionConfig()], min_length=1,
-        description="The reward, a weighted sum of terms, each logged as rewards/<name>/mean: the reward model "
+        description="The reward, a weighted sum of terms, each logged as rewards/{name}/mean: the reward model "
                     "and/or Python functions. Default: the reward model alone.")
 
     @model_validator(mode="after")

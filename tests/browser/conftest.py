@@ -40,7 +40,13 @@ def browser(tmp_path):
     driver.quit()
 
 
-def text(driver, wait: float = 8.0) -> str:
-    """The page's visible text once the single-page app has filled it in."""
+def text(driver, wait: float = 8.0, patience: float = 60.0) -> str:
+    """The page's visible text once the single-page app has filled it in: after `wait` seconds, and then for as long
+    as it still says it is loading (a busy machine renders slowly), up to `patience` more."""
     time.sleep(wait)
-    return driver.find_element("tag name", "body").text
+    deadline = time.monotonic() + patience
+    body = driver.find_element("tag name", "body").text
+    while "Loading..." in body and time.monotonic() < deadline:
+        time.sleep(2)
+        body = driver.find_element("tag name", "body").text
+    return body

@@ -24,7 +24,7 @@ from components.compute import engine as ds
 from components.compute.engine import is_rank0, world
 from components.compute.loop import LogFn, metrics_file, reproducible
 from components.compute.seeds import seed_for
-from components.data.prepare import load_data_tokenizer, read_split
+from components.data.prepare import load_data_tokenizer
 from components.errors import ConfigError
 from components.es import noise
 from components.es.config import ESConfig
@@ -34,7 +34,7 @@ from components.io.atomic import atomic_dir
 from components.models.config import ModelSpec, ScorerSpec
 from components.models.loading import causal_lm, disable_dropout, load_tokenizer, save_pretrained
 from components.models.lora import merged, trainable
-from components.ppo.api import PPOResult, encode_prompts
+from components.ppo.api import PPOResult, as_spec, encode_prompts, stage_inputs
 from components.ppo.models import Actor
 from components.ppo.rewards import RewardFn, RewardTerm, combine_scores, reward_terms
 from components.ppo.rollout import decode_responses, left_pad, rollout, score_terms
@@ -173,9 +173,8 @@ def train(prompts: list[str], reward_fn: RewardFn | Sequence[RewardFn] | None = 
     """Fine-tune `model` (or config.model) with evolution strategies on `prompts`, rewarded as PPO is (`reward_fn`
     functions and/or a reward model, or config.rewards). With `checkpoint_dir` a run resumes from what is there."""
     config = config or ESConfig()
-    policy = ModelSpec(name_or_path=str(model)) if isinstance(model, (str, Path)) else model or config.model
-    scorer_spec = (ScorerSpec(name_or_path=str(reward_model)) if isinstance(reward_model, (str, Path))
-                   else reward_model or config.reward_model)
+    policy = as_spec(model) or config.model
+    scorer_spec = as_spec(reward_model, ScorerSpec) or config.reward_model
     if policy is None:
         raise ConfigError("es.model: no initial policy given")
     terms = reward_terms(config.rewards, reward_fn, reward_weights, has_model=scorer_spec is not None)
@@ -253,14 +252,9 @@ def run(config: ESConfig, data_dir: str | Path, out_dir: str | Path, policy_dir:
         on_log: LogFn | None = None, on_samples: Callable[[int, list[dict]], None] | None = None) -> PPOResult:
     """The pipeline stage, on PPO's inputs: the prompts of preference_train, held-out eval_prompts, the SFT policy
     and (when a term of es.rewards is the reward model) the reward model; writes the policy to `out_dir`."""
-    policy = config.model or (ModelSpec(name_or_path=str(policy_dir)) if policy_dir else None)
-    scorer = config.reward_model or (ScorerSpec(name_or_path=str(reward_dir)) if reward_dir else None)
-    records = list({r["prompt"]: r for r in read_split(data_dir, "preference_train")}.values())
-    evals = read_split(data_dir, "eval_prompts")
-    if policy is None:
-        raise ConfigError("es.model: not set and no SFT model was given")
-    return train([r["prompt"] for r in records], config=config, model=policy,
-                 reward_model=scorer if config.uses_reward_model else None, tokenizer=load_data_tokenizer(data_dir),
+    policy, scorer, records, evals = stage_inputs(config, data_dir, policy_dir, reward_dir, "es")
+    return train([r["prompt"] for r in records], config=config, model=policy, reward_model=scorer,
+                 tokenizer=load_data_tokenizer(data_dir),
                  eval_prompts=[r["prompt"] for r in evals], gold_fn=gold_fn, out_dir=out_dir,
                  checkpoint_dir=checkpoint_dir, on_log=on_log, on_samples=on_samples,
                  prompt_messages=[r.get("prompt_messages") for r in records],

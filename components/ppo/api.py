@@ -149,8 +149,8 @@ def train(prompts: list[str], reward_fn: RewardFn | Sequence[RewardFn] | None = 
     `prompt_messages` / `eval_messages` are the prompts as chat messages (None where plain text), for a reward
     model with its own chat template."""
     config = config or PPOConfig()
-    policy = _spec(model) or config.model
-    scorer = _spec(reward_model, ScorerSpec) or config.reward_model
+    policy = as_spec(model) or config.model
+    scorer = as_spec(reward_model, ScorerSpec) or config.reward_model
     if policy is None:
         raise ConfigError("ppo.model: no initial policy given")
     terms = reward_terms(config.rewards, reward_fn, reward_weights, has_model=scorer is not None)
@@ -183,13 +183,7 @@ def run(config: PPOConfig, data_dir: str | Path, out_dir: str | Path, policy_dir
     """The pipeline stage: prompts of the preference_train split, held-out eval_prompts, the SFT policy and the
     reward model unless the config names others (`reward_dir` may be None when no term of ppo.rewards is the
     reward model); writes the policy to `out_dir`."""
-    policy = config.model or (ModelSpec(name_or_path=str(policy_dir)) if policy_dir else None)
-    scorer = config.reward_model or (ScorerSpec(name_or_path=str(reward_dir)) if reward_dir else None)
-    scorer = scorer if config.uses_reward_model else None
-    records = list({r["prompt"]: r for r in read_split(data_dir, "preference_train")}.values())
-    evals = read_split(data_dir, "eval_prompts")
-    if policy is None:
-        raise ConfigError("ppo.model: not set and no SFT model was given")
+    policy, scorer, records, evals = stage_inputs(config, data_dir, policy_dir, reward_dir, "ppo")
     tokenizer = load_data_tokenizer(data_dir)  # the tokenizer every stage of this pipeline trained with
     ptx = None
     if config.ptx_coef:
@@ -201,6 +195,19 @@ def run(config: PPOConfig, data_dir: str | Path, out_dir: str | Path, policy_dir
                  eval_messages=[r.get("prompt_messages") for r in evals])
 
 
+def stage_inputs(config, data_dir: str | Path, policy_dir: str | Path | None, reward_dir: str | Path | None,
+                 stage: str) -> tuple[ModelSpec, ScorerSpec | None, list[dict], list[dict]]:
+    """What an RL stage (ppo, es) trains on in the pipeline: the initial policy (config.model, else the SFT output),
+    the scorer (config.reward_model, else the reward stage's; None when no reward term is the reward model), the
+    distinct prompts of preference_train and the held-out eval_prompts."""
+    policy = config.model or (ModelSpec(name_or_path=str(policy_dir)) if policy_dir else None)
+    scorer = config.reward_model or (ScorerSpec(name_or_path=str(reward_dir)) if reward_dir else None)
+    if policy is None:
+        raise ConfigError(f"{stage}.model: not set and no SFT model was given")
+    records = list({r["prompt"]: r for r in read_split(data_dir, "preference_train")}.values())
+    return policy, scorer if config.uses_reward_model else None, records, read_split(data_dir, "eval_prompts")
+
+
 def _check_scorer_context(scorer, longest: int) -> None:
     """A reward model sharing the policy's tokens must fit the longest prompt + response (checked before any
     training); one with its own tokenizer keeps the last tokens of longer sequences (counted in the metrics)."""
@@ -210,5 +217,6 @@ def _check_scorer_context(scorer, longest: int) -> None:
                           "ppo.rollout.max_new_tokens")
 
 
-def _spec(model: str | ModelSpec | None, kind: type[ModelSpec] = ModelSpec) -> ModelSpec | None:
+def as_spec(model: str | ModelSpec | None, kind: type[ModelSpec] = ModelSpec) -> ModelSpec | None:
+    """A model argument of the training APIs as a spec: a path or hub id wrapped, a spec (or None) as it is."""
     return kind(name_or_path=str(model)) if isinstance(model, (str, Path)) else model

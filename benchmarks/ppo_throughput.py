@@ -51,6 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--separate-critic", action="store_true", help="critic with its own backbone")
     parser.add_argument("--zero-stage", type=int, default=0, choices=(0, 1, 2, 3))
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--model", help="a save_pretrained causal LM dir: the real-model workload")
     parser.add_argument("--lora", type=int, default=0, help="LoRA rank on the policy (0: full fine-tuning)")
@@ -78,14 +79,17 @@ def main() -> None:
         per_iter.append(stats["time/iteration"])
         breakdown.append({k: stats[f"time/{k}"] for k in ("generate", "score", "update")})
     floor = measure_floor(trainer, args.floor_repeats)
+    flops = update_flops(trainer) * config.ppo_epochs * config.num_minibatches
+    peak = matmul_peak(args.precision)
     s_per_iter = statistics.median(per_iter[1:])
+    update_s = statistics.median(b["update"] for b in breakdown[1:])
     samples = config.batch_size * config.num_generations
     print(json.dumps({
         "workload": workload, "lora": args.lora or None, "advantage": config.advantage,
         "num_generations": config.num_generations, "kl_coef": config.kl.coef,
         "critic": config.critic if config.uses_critic else None,
         "reference": "copy" if models.reference is not None else "lora base" if config.uses_reference else None,
-        "zero_stage": args.zero_stage, "threads": torch.get_num_threads(),
+        "zero_stage": args.zero_stage, "precision": args.precision, "threads": torch.get_num_threads(),
         "iterations": args.iterations,
         "s_per_iter": round(s_per_iter, 4),
         "samples_per_s": round(samples / s_per_iter, 2),
@@ -93,6 +97,8 @@ def main() -> None:
         "breakdown": {k: round(statistics.median(b[k] for b in breakdown[1:]), 4) for k in breakdown[0]},
         "floor_s": round(floor["total"], 4), "floor_breakdown": {k: round(v, 4) for k, v in floor.items()},
         "floor_ratio": round(s_per_iter / floor["total"], 3),
+        "update_gflop": round(flops / 1e9, 1), "update_gflop_per_s": round(flops / update_s / 1e9, 1),
+        "matmul_peak_gflop_per_s": round(peak / 1e9, 1), "update_fraction_of_peak": round(flops / update_s / peak, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }))
 
@@ -111,7 +117,7 @@ def toy(args):
 
     config = PPOConfig(iterations=args.iterations, ppo_epochs=4, num_minibatches=4, lr=1e-5,
                        rollout={"max_new_tokens": 32, "temperature": 1.0, "stop_at_eos": False},
-                       compute={"zero_stage": args.zero_stage, "micro_batch_size": 8}, seed=0,
+                       compute={"zero_stage": args.zero_stage, "micro_batch_size": 8, "precision": args.precision}, seed=0,
                        lora={"r": args.lora} if args.lora else None, **estimator(args, samples=32))
     arch = ArchSpec(type="gpt2", n_layer=2, hidden_size=128, n_head=4, max_positions=128, dropout=0.0)
     rng = random.Random(0)
@@ -131,7 +137,7 @@ def real_model(args):
     tokenizer = load_tokenizer(args.model)
     config = PPOConfig(iterations=args.iterations, ppo_epochs=2, num_minibatches=2, lr=1e-5,
                        rollout={"max_new_tokens": 24, "temperature": 1.0, "stop_at_eos": False},
-                       compute={"zero_stage": args.zero_stage, "micro_batch_size": 8}, seed=0,
+                       compute={"zero_stage": args.zero_stage, "micro_batch_size": 8, "precision": args.precision}, seed=0,
                        lora={"r": args.lora, "alpha": 2 * args.lora} if args.lora else None,
                        **estimator(args, samples=16))
     rm_dir = tempfile.mkdtemp(prefix="rm-")  # the model's trunk with a fresh scalar head, as the reward stage starts
@@ -144,46 +150,97 @@ def real_model(args):
 
 
 def measure_floor(trainer, repeats: int = 5) -> dict[str, float]:
-    """Median over `repeats` of each irreducible piece, on the trainer's own models and a real rollout batch."""
-    from components.ppo.models import position_ids, response_logprobs, response_values
+    """Median over `repeats` of each irreducible piece, on the trainer's own models and a real rollout batch:
+    generate, the rollout's no-grad forwards, and the update split into forward+backward and optimizer steps."""
+    from components.compute.engine import for_generation
+    from components.models.precision import autocast
+    from components.ppo.models import response_logprobs, response_values
     from components.ppo.rollout import left_pad
     from components.reward.scoring import right_align
 
     models, tok, c = trainer.models, trainer.tokenizer, trainer.config
     new, mb, samples = c.rollout.max_new_tokens, c.minibatch_size, c.batch_size * c.num_generations
     ids, mask = left_pad((trainer.prompts * c.num_generations)[:samples], tok.pad_token_id)
-    lm = models.actor.module.lm
-    reference = (models.reference if models.reference is not None else lm) if c.uses_reference else None
-    times: dict[str, list[float]] = {"generate": [], "forwards": [], "update": []}
+    reference = ((models.reference if models.reference is not None else models.actor.module.lm)
+                 if c.uses_reference else None)
+    times: dict[str, list[float]] = {"generate": [], "forwards": [], "update": [], "optimizer_step": []}
     for _ in range(repeats):
         t0 = time.perf_counter()
-        with torch.no_grad():
-            out = lm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
-                              do_sample=True, top_k=0, eos_token_id=None, pad_token_id=tok.pad_token_id)
+        with torch.no_grad(), for_generation(models.actor) as actor:
+            out = actor.lm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                                    do_sample=True, top_k=0, eos_token_id=None, pad_token_id=tok.pad_token_id)
         t1 = time.perf_counter()
         full_mask = torch.cat([mask, torch.ones(len(ids), new, dtype=mask.dtype)], 1)
-        with torch.no_grad():
+        with torch.no_grad(), autocast(c.compute.precision):
             if reference is not None:
                 response_logprobs(reference, out, full_mask, new)
             models.scorer.model(*right_align(out, full_mask, tok.pad_token_id))
             if models.critic is not None:
                 response_values(models.critic, out, full_mask, new)
         t2 = time.perf_counter()
+        steps = 0.0
         for k in range(c.ppo_epochs * c.num_minibatches):
             rows = slice(mb * (k % c.num_minibatches), mb * (k % c.num_minibatches) + mb)
-            inputs = dict(input_ids=out[rows], attention_mask=full_mask[rows], position_ids=position_ids(full_mask[rows]))
-            logits = models.actor.module.lm(**inputs, logits_to_keep=new + 1).logits
-            models.actor.backward(logits.float().mean())
-            models.actor.step()
-            if models.critic is not None:
-                models.critic.backward(models.critic.module(**inputs).logits.float().mean())
-                models.critic.step()
+            steps += forward_backward(models, out[rows], full_mask[rows], new)
         times["generate"].append(t1 - t0)
         times["forwards"].append(t2 - t1)
         times["update"].append(time.perf_counter() - t2)
+        times["optimizer_step"].append(steps)
     floor = {k: statistics.median(v) for k, v in times.items()}
-    floor["total"] = sum(floor.values())
+    floor["total"] = floor["generate"] + floor["forwards"] + floor["update"]  # the update includes its steps
     return floor
+
+
+def forward_backward(models, input_ids, attention_mask, new: int) -> float:
+    """One PPO-shaped training step of the actor (and separate critic) through their engines (so under their
+    autocast); returns the seconds spent in optimizer steps."""
+    from components.ppo.models import response_values
+
+    logits, values = models.actor(input_ids, attention_mask, new)
+    models.actor.backward(logits.float().mean() + (values.mean() if values is not None else 0.0))
+    if models.critic is not None:
+        models.critic.backward(response_values(models.critic, input_ids, attention_mask, new).mean())
+    t = time.perf_counter()
+    models.actor.step()
+    if models.critic is not None:
+        models.critic.step()
+    return time.perf_counter() - t
+
+
+def update_flops(trainer) -> float:
+    """Floating-point operations of one update minibatch's forward + backward (torch's FLOP counter: matmuls
+    and attention), on a real rollout batch's shape."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from components.models.precision import autocast
+    from components.ppo.rollout import left_pad
+
+    c, tok = trainer.config, trainer.tokenizer
+    new, mb = c.rollout.max_new_tokens, c.minibatch_size
+    ids, mask = left_pad(trainer.prompts[:mb], tok.pad_token_id)
+    ids = torch.cat([ids, torch.full((mb, new), tok.eos_token_id)], 1)
+    mask = torch.cat([mask, torch.ones(mb, new, dtype=mask.dtype)], 1)
+    actor = trainer.models.actor.module  # counted outside the engine, which forbids a bare backward
+    counter = FlopCounterMode(display=False)
+    with counter:
+        with autocast(c.compute.precision):
+            logits, values = actor(ids, mask, new)
+        loss = logits.float().mean() + (values.mean() if values is not None else 0.0)
+        torch.autograd.grad(loss, [p for p in actor.parameters() if p.requires_grad])
+    return float(counter.get_total_flops())
+
+
+def matmul_peak(precision: str, n: int = 1024, repeats: int = 20) -> float:
+    """Measured FLOP/s of an n x n x n matmul in the training dtype on this process's threads: the machine's
+    compute ceiling that the update's achieved FLOP/s is set against."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    t = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n ** 3 * repeats / (time.perf_counter() - t)
 
 
 if __name__ == "__main__":

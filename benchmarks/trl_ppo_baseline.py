@@ -46,7 +46,7 @@ class IterationTimer(TrainerCallback):
         self.last = now
 
 
-def real_model(model_dir: str, iterations: int):
+def real_model(model_dir: str, iterations: int, bf16: bool = False):
     """(tokenizer, policy, reference, reward, value, prompts, args) for the real-model workload on `model_dir`."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -65,7 +65,7 @@ def real_model(model_dir: str, iterations: int):
                      num_mini_batches=2, num_ppo_epochs=2, response_length=24, stop_token=None, temperature=1.0,
                      kl_coef=0.05, learning_rate=1e-5, total_episodes=iterations * 16,
                      local_rollout_forward_batch_size=16, num_sample_generations=0, report_to=[], use_cpu=True,
-                     save_strategy="no", logging_steps=10**6, disable_tqdm=True, seed=0)
+                     save_strategy="no", logging_steps=10**6, disable_tqdm=True, seed=0, bf16=bf16)
     return tok, policy, copy.deepcopy(policy), reward, value, prompts, args
 
 
@@ -73,11 +73,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="a save_pretrained causal LM dir: the real-model workload")
     parser.add_argument("--iterations", type=int, default=ITERATIONS)
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                        help="bf16: TRL's bf16=True (accelerate's bf16 autocast, fp32 weights), real-model workload")
     cli = parser.parse_args()
     torch.set_num_threads(2)
     if cli.model:
-        tok, policy, reference, reward, value, prompts, args = real_model(cli.model, cli.iterations)
-        return train(tok, policy, reference, reward, value, prompts, args, f"ppo {cli.model} batch16 new24 2x2")
+        tok, policy, reference, reward, value, prompts, args = real_model(cli.model, cli.iterations,
+                                                                          cli.precision == "bf16")
+        return train(tok, policy, reference, reward, value, prompts, args,
+                     f"ppo {cli.model} batch16 new24 2x2 {cli.precision}")
     tok = word_level_tokenizer()
     config = GPT2Config(n_layer=2, n_embd=128, n_head=4, n_positions=128, vocab_size=1024, pad_token_id=0,
                         eos_token_id=1, bos_token_id=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, num_labels=1)

@@ -15,6 +15,7 @@ from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassificati
 from components.errors import ModelLoadError
 from components.io.s3 import download_dir
 from components.models.config import ArchSpec, ModelSpec
+from components.models.precision import fp32_head
 
 
 def resolve(name_or_path: str, field: str, cache_dir: str | Path = ".rlhf/cache") -> str:
@@ -97,17 +98,17 @@ def _fit_vocab(model: PreTrainedModel, tokenizer, spec: ModelSpec, field: str) -
 def causal_lm(spec: ModelSpec, tokenizer, field: str, cache_dir: str | Path = ".rlhf/cache") -> PreTrainedModel:
     """A causal LM loaded from `spec.name_or_path` or built from `spec.arch` (random init; seed first)."""
     if spec.arch is not None:
-        return AutoModelForCausalLM.from_config(_arch_config(spec.arch, tokenizer, None))
-    return _fit_vocab(_from_pretrained(AutoModelForCausalLM, spec, field, cache_dir), tokenizer, spec, field)
+        return fp32_heads(AutoModelForCausalLM.from_config(_arch_config(spec.arch, tokenizer, None)))
+    return fp32_heads(_fit_vocab(_from_pretrained(AutoModelForCausalLM, spec, field, cache_dir), tokenizer, spec, field))
 
 
 def reward_model(spec: ModelSpec, tokenizer, field: str, cache_dir: str | Path = ".rlhf/cache") -> PreTrainedModel:
     """`AutoModelForSequenceClassification(num_labels=1)` to train on any backbone; a causal-LM dir keeps its
     trunk and gets a new scalar head."""
     if spec.arch is not None:
-        return AutoModelForSequenceClassification.from_config(_arch_config(spec.arch, tokenizer, 1))
+        return fp32_heads(AutoModelForSequenceClassification.from_config(_arch_config(spec.arch, tokenizer, 1)))
     model = _from_pretrained(AutoModelForSequenceClassification, spec, field, cache_dir, num_labels=1)
-    return _fit_vocab(model, tokenizer, spec, field)
+    return fp32_heads(_fit_vocab(model, tokenizer, spec, field))
 
 
 def scorer_model(spec: ModelSpec, field: str, cache_dir: str | Path = ".rlhf/cache") -> tuple[PreTrainedModel, object]:
@@ -127,16 +128,25 @@ def scorer_model(spec: ModelSpec, field: str, cache_dir: str | Path = ".rlhf/cac
     tokenizer = load_tokenizer(where, field=field, trust_remote_code=spec.trust_remote_code, cache_dir=cache_dir)
     model = _from_pretrained(AutoModelForSequenceClassification, spec, field, cache_dir)
     model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
+    return fp32_heads(model), tokenizer
 
 
 def token_value_model(spec: ModelSpec, tokenizer, field: str,
                       cache_dir: str | Path = ".rlhf/cache") -> PreTrainedModel:
     """A critic: `AutoModelForTokenClassification(num_labels=1)`, one value per position, on any backbone."""
     if spec.arch is not None:
-        return AutoModelForTokenClassification.from_config(_arch_config(spec.arch, tokenizer, 1))
+        return fp32_heads(AutoModelForTokenClassification.from_config(_arch_config(spec.arch, tokenizer, 1)))
     model = _from_pretrained(AutoModelForTokenClassification, spec, field, cache_dir, num_labels=1)
-    return _fit_vocab(model, tokenizer, spec, field)
+    return fp32_heads(_fit_vocab(model, tokenizer, spec, field))
+
+
+def fp32_heads(model: PreTrainedModel) -> PreTrainedModel:
+    """The model with its output layer (LM head, or score / classifier head) computed in fp32 under any
+    precision (components/models/precision.py); a no-op on the numbers in fp32."""
+    fp32_head(model.get_output_embeddings())
+    for name in ("score", "classifier"):
+        fp32_head(getattr(model, name, None))
+    return model
 
 
 def context_length(model) -> int | None:

@@ -12,6 +12,7 @@ from components.models.config import ModelSpec
 from components.models.forward import inner_model, position_ids
 from components.models.loading import causal_lm, disable_dropout, fused_gelu, token_value_model
 from components.models.lora import LoRAConfig, merged, trainable
+from components.models.precision import fp32_head
 
 
 class Actor(nn.Module):
@@ -23,6 +24,7 @@ class Actor(nn.Module):
         self.lm = lm
         hidden = lm.config.hidden_size if hasattr(lm.config, "hidden_size") else lm.config.n_embd
         self.v_head = nn.Linear(hidden, 1) if value_head else None
+        fp32_head(self.v_head)
         if self.v_head is not None:
             nn.init.normal_(self.v_head.weight, std=1.0 / (hidden + 1) ** 0.5)
             nn.init.zeros_(self.v_head.bias)

@@ -34,10 +34,13 @@ class Rollout:
     def response_mask(self) -> torch.Tensor:
         return self.attention_mask[:, -self.n_response:].float()  # (B, R)
 
-    def select(self, index: torch.Tensor) -> "Rollout":
+    def select(self, index: torch.Tensor, trim: bool = True) -> "Rollout":
         """The rows in `index`, with columns that are padding in every selected row cut off (prompt side on
-        the left, response side on the right), which changes no result but saves compute."""
+        the left, response side on the right) when `trim`, which changes no result in fp32 but saves compute.
+        (In bf16 another width picks other kernels and rounds differently, so bf16 keeps the rollout's width.)"""
         rows = {f.name: getattr(self, f.name)[index] for f in fields(self) if getattr(self, f.name) is not None}
+        if not trim:
+            return Rollout(**rows)
         mask = rows["attention_mask"]
         used = mask.any(0).nonzero()
         first, last = int(used[0]), int(used[-1])

@@ -192,3 +192,59 @@ def test_kl_as_a_loss_term_ptx_and_sampling_options_run(demo_data, sft_run, demo
     assert 0.0 < last["loss/ptx_avg"] < 5.0  # the SFT model's own loss on SFT data is low
     assert all(torch.isfinite(torch.tensor(v)) for v in last.values())
     assert last["objective/shaped_scores"] != last["objective/scores"]  # normalised
+
+
+def test_bf16_starts_at_ratio_one_and_zero_kl_and_stays_near_fp32(demo_data, sft_run, reward_run):
+    """compute.precision bf16: autocast matmuls over fp32 master weights; the reference and reward model hold their
+    Linear weights in bf16 (embeddings, norms and output heads fp32). At step 0 the update's ratio is exactly 1 and the
+    KL to the reference exactly 0, because the old log-probs come from a forward of the update's shape and the frozen
+    copy computes what the policy computes; on the same samples bf16 log-probs stay within bf16 noise of fp32's."""
+    from components.models.config import ScorerSpec
+    from components.models.precision import Float32Head
+    from components.ppo.api import build_models, encode_prompts
+    from components.ppo.losses import logprobs_and_entropy
+    from components.ppo.trainer import PPOTrainer
+
+    tok = load_data_tokenizer(demo_data.path)
+    texts = _prompts(demo_data, 8)
+    prompts = encode_prompts(tok, texts, 12, 128)
+    trainers, batches = {}, {}
+    for precision in ("fp32", "bf16"):
+        config = PPOConfig(**{**TINY, "compute": {"micro_batch_size": 2, "precision": precision}})
+        models = build_models(config, tok, _spec(sft_run[0]), ScorerSpec(name_or_path=str(reward_run[0])))
+        trainers[precision] = PPOTrainer(config, models, tok, prompts, texts, [RewardTerm("reward_model")])
+        batches[precision], _ = trainers[precision].rollout_and_score(prompts, texts)
+    trainer, batch, m = trainers["bf16"], batches["bf16"], batches["bf16"].response_mask
+    models = trainer.models
+    assert models.actor.torch_autocast_enabled() and {p.dtype for p in models.actor.parameters()} == {torch.float32}
+    from transformers.pytorch_utils import Conv1D
+
+    def linear_dtypes(model):
+        return {mod.weight.dtype for mod in model.modules() if type(mod) in (torch.nn.Linear, Conv1D)}
+
+    assert linear_dtypes(models.reference) == {torch.bfloat16} == linear_dtypes(models.scorer.model)
+    assert isinstance(models.reference.get_output_embeddings(), Float32Head)
+    assert models.reference.get_output_embeddings().weight.dtype == torch.float32
+
+    torch.testing.assert_close(batch.logprobs * m, batch.ref_logprobs * m, atol=0, rtol=0)  # KL 0 at step 0
+    with torch.no_grad():
+        for rows in (torch.tensor([0, 5]), torch.tensor([7, 2])):  # micro batches as the update builds them
+            part = batch.select(rows, trim=False)
+            logits, _ = models.actor(part.input_ids, part.attention_mask, part.n_response)  # the engine: autocast
+            logp = logprobs_and_entropy(logits, part.input_ids[:, -part.n_response:])[0]
+            torch.testing.assert_close(logp * part.response_mask, part.logprobs, atol=0, rtol=0)  # ratio exactly 1
+        # the fp32 run's samples, scored by the bf16 policy: bf16 noise, not a different function
+        fp32 = batches["fp32"]
+        logits, _ = models.actor(fp32.input_ids, fp32.attention_mask, fp32.n_response)
+        logp = logprobs_and_entropy(logits, fp32.input_ids[:, -fp32.n_response:])[0] * fp32.response_mask
+    assert (logp - fp32.logprobs).abs().sum() / fp32.response_mask.sum() < 0.01
+    assert (logp - fp32.logprobs).abs().max() < 0.1
+
+    before = {k: v.clone() for k, v in trainer.actor.lm.state_dict().items()}
+    for _ in range(2):
+        stats = trainer.step()
+        assert all(torch.isfinite(torch.tensor(v)) for v in stats.values()), stats
+    assert stats["policy/approxkl_avg"] < 0.05, stats
+    after = trainer.actor.lm.state_dict()
+    assert all(after[k].dtype == torch.float32 for k in before)
+    assert any(not torch.equal(before[k], after[k]) for k in before)

@@ -1,0 +1,58 @@
+"""Mixed precision: bf16 matmuls where they are safe, fp32 where RL's arithmetic needs it.
+
+`compute.precision: bf16` runs a trained model's forward and backward under torch autocast (DeepSpeed's
+`torch_autocast`; fp32 master weights and optimizer states) and holds frozen models' Linear weights (the PPO
+reference, reward models) in bf16 (`freeze`). Output layers are computed in fp32 either way (`fp32_head`): a bf16 logit between 16 and 32 is
+rounded to a multiple of 1/8, noise of that size in every log-prob, every PPO ratio and the KL to the reference.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class Float32Head(nn.Linear):
+    """An nn.Linear computed in fp32 whatever its weights' dtype and whatever autocast says (same parameters,
+    same state dict, same tying: only the forward differs)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            bias = None if self.bias is None else self.bias.float()
+            return F.linear(x.float(), self.weight.float(), bias)
+
+
+def fp32_head(layer: nn.Module | None) -> None:
+    """Compute a plain nn.Linear output layer (an LM head, a value or score head) in fp32, in place. Other
+    layers (None, a LoRA-wrapped head) are left as they are."""
+    if type(layer) is nn.Linear:
+        layer.__class__ = Float32Head
+
+
+def freeze(model: nn.Module, precision: str) -> nn.Module:
+    """A no-grad model; under bf16 its linear layers (nn.Linear, GPT-2's Conv1D) are held in bf16, exactly what autocast casts a trained
+    model's fp32 weights to, while embeddings, norms and fp32 heads keep fp32. Run under `autocast`, a frozen copy of
+    the policy then computes what the policy computes (the KL at step 0 is 0, not bf16 noise) in ~60% of the
+    memory of an fp32 copy."""
+    from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
+
+    model.requires_grad_(False)
+    if precision == "bf16":
+        for module in model.modules():
+            if type(module) in (nn.Linear, Conv1D):
+                module.to(torch.bfloat16)
+        # from_pretrained maps the checkpoint file and its tensors are views of that map: the fp32 tensors left
+        # would keep the whole file mapped, and the pages the cast read resident (~540 MB on SmolLM2). Own copies.
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.dtype == torch.float32:
+                tensor.data = tensor.data.clone()
+    return model
+
+
+def autocast(precision: str, device: torch.device | str = "cpu"):
+    """The autocast context of `precision` for forwards outside a DeepSpeed engine's own (HF generate)."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)

@@ -15,7 +15,10 @@ class ComputeConfig(StrictModel):
     zero_stage: Literal[0, 1, 2, 3] = Field(0, description="ZeRO stage: 0 off, 1 optimizer, 2 +gradients, 3 +parameters sharded.")
     offload_optimizer: bool = Field(False, description="Keep optimizer states in CPU memory (ZeRO stage >= 1).")
     offload_param: bool = Field(False, description="Keep parameters in CPU memory (ZeRO stage 3 only).")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="Training precision; bf16 needs hardware support.")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: matmuls in bf16 under autocast, with fp32 "
+                                               "master weights, optimizer states and output heads; frozen models "
+                                               "(reference, reward model) hold bf16 linear layers. Needs bf16 "
+                                               "hardware (AVX-512 BF16 / AMX CPUs, Ampere+ GPUs).")
     micro_batch_size: int = Field(16, ge=1, description="Examples per forward pass on each process.")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro batches summed before each optimizer step.")
     gradient_clipping: float = Field(1.0, ge=0.0, description="Clip the global gradient norm to this value; 0 disables.")

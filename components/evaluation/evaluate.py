@@ -88,10 +88,11 @@ def run(config: EvaluationConfig, data_dir: str | Path, policies: dict[str, str 
         rows = sample(config, lm, reference, scorer, tokenizer, prompts, gold_fn, messages)
         per_model[name] = rows
         summary = summarize(rows, gold_fn is not None)
-        with torch.no_grad():
-            summary["sft_eval_perplexity"] = evaluate_loss(lm, sft_eval, tokenizer.pad_token_id, 64)["perplexity"]
+        with torch.no_grad():  # 8 at a time: the full-vocabulary logits of 64 examples were 1.2 GB on SmolLM2
+            summary["sft_eval_perplexity"] = evaluate_loss(lm, sft_eval, tokenizer.pad_token_id, 8)["perplexity"]
         metrics.update({held_out(k, name): v for k, v in summary.items()})
         all_rows += [{"model": name, **r} for r in rows]
+        del lm  # before the next model loads
     for name in candidates:
         for other in [*baselines, *(c for c in candidates if c != name)]:
             for key in (("gold", "score") if gold_fn else ("score",)):

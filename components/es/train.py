@@ -37,6 +37,7 @@ from components.models.lora import merged, trainable
 from components.ppo.api import PPOResult, as_spec, encode_prompts, stage_inputs
 from components.ppo.models import Actor
 from components.ppo.rewards import RewardFn, RewardTerm, combine_scores, reward_terms
+from components.models.precision import autocast
 from components.ppo.rollout import decode_responses, left_pad, rollout, score_terms
 from components.reward.scoring import load_scorer
 
@@ -64,8 +65,9 @@ class ES:
             ids, mask = left_pad(prompts[part], self.tokenizer.pad_token_id)
             batch = rollout(self.actor, self.lm, ids, mask, self.config.rollout, self.tokenizer)
             responses = decode_responses(batch, self.tokenizer)
-            raw = score_terms(batch, responses, self.scorer, self.terms, texts[part],
-                              messages[part] if messages else None)
+            with autocast(self.config.compute.precision):  # a bf16 frozen scorer runs under autocast
+                raw = score_terms(batch, responses, self.scorer, self.terms, texts[part],
+                                  messages[part] if messages else None)
             out.append((*combine_scores(raw, self.terms, len(responses), "error"), responses))
         return (torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out]), torch.cat([o[2] for o in out]),
                 [r for o in out for r in o[3]])

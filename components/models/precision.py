@@ -1,9 +1,10 @@
 """Mixed precision: bf16 matmuls where they are safe, fp32 where RL's arithmetic needs it.
 
 `compute.precision: bf16` runs a trained model's forward and backward under torch autocast (DeepSpeed's
-`torch_autocast`; fp32 master weights and optimizer states) and holds frozen models' Linear weights (the PPO
-reference, reward models) in bf16 (`freeze`). Output layers are computed in fp32 either way (`fp32_head`): a bf16 logit between 16 and 32 is
-rounded to a multiple of 1/8, noise of that size in every log-prob, every PPO ratio and the KL to the reference.
+`torch_autocast`; fp32 master weights and optimizer states) and holds frozen models' linear weights (the PPO
+reference, reward models) in bf16 (`freeze`; run them under `autocast`). Output layers are computed in fp32 either
+way (`fp32_head`): a bf16 logit between 16 and 32 is rounded to a multiple of 1/8, noise of that size in every
+log-prob, every PPO ratio and the KL to the reference.
 """
 from __future__ import annotations
 
@@ -32,10 +33,10 @@ def fp32_head(layer: nn.Module | None) -> None:
 
 
 def freeze(model: nn.Module, precision: str) -> nn.Module:
-    """A no-grad model; under bf16 its linear layers (nn.Linear, GPT-2's Conv1D) are held in bf16, exactly what autocast casts a trained
-    model's fp32 weights to, while embeddings, norms and fp32 heads keep fp32. Run under `autocast`, a frozen copy of
-    the policy then computes what the policy computes (the KL at step 0 is 0, not bf16 noise) in ~60% of the
-    memory of an fp32 copy."""
+    """A no-grad model; under bf16 its linear layers (nn.Linear, GPT-2's Conv1D) are held in bf16, exactly what
+    autocast casts a trained model's fp32 weights to, while embeddings, norms and fp32 heads keep fp32. Run under
+    `autocast`, a frozen copy of the policy then computes what the policy computes (the KL at step 0 is 0, not bf16
+    noise) in ~60% of the memory of an fp32 copy."""
     from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
 
     model.requires_grad_(False)

@@ -69,3 +69,17 @@ def test_es_with_lora_moves_only_the_adapters(demo_config, demo_data, sft_run):
     after = dict(lm.named_parameters())
     assert all(torch.equal(before[n], after[n]) for n in before if n not in trained)  # the base never moves
     assert any(not torch.equal(before[n], after[n]) for n in trained)
+
+
+def test_es_scores_with_a_bf16_reward_model(demo_config, demo_data, sft_run, reward_run, tmp_path):
+    """compute.precision bf16 holds the frozen reward model's linear layers in bf16; ES scores under autocast."""
+    import math
+
+    from components.es import run
+
+    compute = {**demo_config.es.compute.model_dump(), "precision": "bf16"}
+    config = _small(demo_config, rewards=[{"function": None}], compute=compute)
+    logged = []
+    run(config, demo_data.path, tmp_path / "es", sft_run[0], reward_run[0], on_log=lambda step, m: logged.append(m))
+    rewards = [m["es/reward_mean"] for m in logged if "es/reward_mean" in m]
+    assert len(rewards) == 4 and all(math.isfinite(r) for r in rewards), rewards

@@ -202,8 +202,7 @@ def forward_backward(models, input_ids, attention_mask, new: int) -> float:
     autocast); returns the seconds spent in optimizer steps."""
     from components.ppo.models import response_values
 
-    logits, values = models.actor(input_ids, attention_mask, new)
-    models.actor.backward(logits.float().mean() + (values.mean() if values is not None else 0.0))
+    models.actor.backward(stand_in_loss(*models.actor(input_ids, attention_mask, new)))
     if models.critic is not None:
         models.critic.backward(response_values(models.critic, input_ids, attention_mask, new).mean())
     t = time.perf_counter()
@@ -211,6 +210,11 @@ def forward_backward(models, input_ids, attention_mask, new: int) -> float:
     if models.critic is not None:
         models.critic.step()
     return time.perf_counter() - t
+
+
+def stand_in_loss(logits: torch.Tensor, values: torch.Tensor | None) -> torch.Tensor:
+    """A scalar through every output of the actor (logits and value head), for timing and counting a backward."""
+    return logits.float().mean() + (values.mean() if values is not None else 0.0)
 
 
 def update_flops(trainer) -> float:
@@ -230,9 +234,8 @@ def update_flops(trainer) -> float:
     counter = FlopCounterMode(display=False)
     with counter:
         with autocast(c.compute.precision):
-            logits, values = actor(ids, mask, new)
-        loss = logits.float().mean() + (values.mean() if values is not None else 0.0)
-        torch.autograd.grad(loss, [p for p in actor.parameters() if p.requires_grad])
+            outputs = actor(ids, mask, new)
+        torch.autograd.grad(stand_in_loss(*outputs), [p for p in actor.parameters() if p.requires_grad])
     return float(counter.get_total_flops())
 
 

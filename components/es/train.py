@@ -34,10 +34,10 @@ from components.io.atomic import atomic_dir
 from components.models.config import ModelSpec, ScorerSpec
 from components.models.loading import causal_lm, disable_dropout, load_tokenizer, save_pretrained
 from components.models.lora import merged, trainable
+from components.models.precision import autocast
 from components.ppo.api import PPOResult, as_spec, encode_prompts, stage_inputs
 from components.ppo.models import Actor
 from components.ppo.rewards import RewardFn, RewardTerm, combine_scores, reward_terms
-from components.models.precision import autocast
 from components.ppo.rollout import decode_responses, left_pad, rollout, score_terms
 from components.reward.scoring import load_scorer
 

@@ -75,13 +75,14 @@ def _response_mask(tokens: torch.Tensor, eos_id: int, stop_at_eos: bool) -> tupl
 
 @torch.no_grad()
 def rollout(actor: Actor, lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, config: RolloutConfig,
-            tokenizer) -> Rollout:
+            tokenizer, old_logprobs: bool = True) -> Rollout:
     """Sample one response per prompt with `lm.generate` (KV cache), keeping the raw logits of every step
     (so the old log-probs need no second forward) and, with a value head, the trunk's final hidden state of
-    every step (so the old values need none either). `lm` is the actor's LM ready for generation."""
+    every step (so the old values need none either). `lm` is the actor's LM ready for generation. With
+    `old_logprobs=False` neither is kept (log-probs and values are zeros: the caller computes them)."""
     trunk_out: list[torch.Tensor] = []
     hook = None
-    if actor.v_head is not None:
+    if actor.v_head is not None and old_logprobs:
         trunk = inner_model(lm).base_model
         hook = trunk.register_forward_hook(lambda m, a, out: trunk_out.append(out.last_hidden_state[:, -1]))
     sample = config.temperature > 0
@@ -90,15 +91,18 @@ def rollout(actor: Actor, lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tenso
                           do_sample=sample, temperature=config.temperature if sample else None,
                           top_k=config.top_k if sample else None, top_p=config.top_p if sample else None,
                           eos_token_id=tokenizer.eos_token_id if config.stop_at_eos else None,
-                          pad_token_id=tokenizer.pad_token_id, output_logits=True, return_dict_in_generate=True,
+                          pad_token_id=tokenizer.pad_token_id, output_logits=old_logprobs, return_dict_in_generate=True,
                           use_cache=True)
     finally:
         if hook is not None:
             hook.remove()
     tokens = out.sequences[:, prompt_ids.size(1):]  # (B, R')
     mask, has_eos = _response_mask(tokens, tokenizer.eos_token_id, config.stop_at_eos)
-    logits = torch.stack(out.logits, 1).float() / (config.temperature or 1.0)  # (B, R', V)
-    logprobs = torch.gather(torch.log_softmax(logits, -1), 2, tokens.unsqueeze(-1)).squeeze(-1)  # (B, R')
+    if old_logprobs:
+        logits = torch.stack(out.logits, 1).float() / (config.temperature or 1.0)  # (B, R', V)
+        logprobs = torch.gather(torch.log_softmax(logits, -1), 2, tokens.unsqueeze(-1)).squeeze(-1)  # (B, R')
+    else:
+        logprobs = torch.zeros(tokens.shape)
     values = (actor.values_of_hidden(torch.stack(trunk_out, 1)) if trunk_out  # (B, R')
               else torch.zeros_like(logprobs))
     # Pad every batch to max_new_tokens so batches from all ranks and iterations stack.

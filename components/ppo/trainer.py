@@ -94,9 +94,10 @@ class PPOTrainer:
         torch.manual_seed(seed_for(self.config.seed, self.iteration, world()[0], salt))
         t0 = time.perf_counter()
         with ds.for_generation(self.models.actor) as actor:
-            batch = rollout(actor, actor.lm, ids, mask, self.config.rollout, self.tokenizer)
+            batch = rollout(actor, actor.lm, ids, mask, self.config.rollout, self.tokenizer,
+                            old_logprobs=not self.bf16)
         t1 = time.perf_counter()
-        if self.config.compute.precision == "bf16":
+        if self.bf16:
             self._training_forward_logprobs(batch)
         with self._reference() as ref, autocast(self.config.compute.precision):
             batch, responses, raw = score(batch, ref, self.models.critic, self.models.scorer, self.rewards, texts,
@@ -106,11 +107,16 @@ class PPOTrainer:
         self.timings.update(generate=t1 - t0, score=time.perf_counter() - t1)
         return batch, responses
 
+    @property
+    def bf16(self) -> bool:
+        """compute.precision bf16: autocast, old log-probs from a training-shaped forward, untrimmed micro batches."""
+        return self.config.compute.precision == "bf16"
+
     @torch.no_grad()
     def _training_forward_logprobs(self, batch: Rollout) -> None:
-        """Replace the old log-probs (and value-head values) that generate's steps gave with a training-shaped
-        forward's, in the update's micro-batch shape (so at step 0 the update's ratio is exactly 1). In fp32 both
-        agree to ~1e-6; in bf16 the KV-cache shapes pick other kernels and round differently (measured on SmolLM2:
+        """The old log-probs (and value-head values) from a training-shaped forward instead of generate's steps,
+        in the update's micro-batch shape (so at step 0 the update's ratio is exactly 1). In fp32 both agree to
+        ~1e-6; in bf16 the KV-cache shapes pick other kernels and round differently (measured on SmolLM2:
         |ratio - 1| 0.016 on average at step 0, up to 0.09). Costs one no-grad forward of the batch, as TRL's
         rollout always does."""
         c, r, micro = self.config, batch.n_response, self._micro_size()
@@ -188,7 +194,6 @@ class PPOTrainer:
         holds whole groups (all samples of its prompts)."""
         c, (rank, world_size) = self.config, world()
         per_rank, micro = c.minibatch_size // world_size, self._micro_size()
-        bf16 = c.compute.precision == "bf16"  # shapes as in _training_forward_logprobs: the ratio starts at 1
         sums: dict[str, float] = {}
         groups = group_ids(len(mask), world_size, c.num_generations)
         for epoch in range(c.ppo_epochs):
@@ -202,7 +207,7 @@ class PPOTrainer:
                 mine = minibatch[rank::world_size]
                 for j in range(0, per_rank, micro):
                     idx = mine[j:j + micro]
-                    stats = self._micro_step(batch.select(idx, trim=not bf16), mask[idx], advantages[idx], returns[idx],
+                    stats = self._micro_step(batch.select(idx, trim=not self.bf16), mask[idx], advantages[idx], returns[idx],
                                              world_size * (per_rank // micro) / n_tokens, weights[idx])
                     for name, v in stats.items():
                         sums[name] = sums.get(name, 0.0) + v

@@ -6,9 +6,11 @@ tracked in `<state_dir>/mlflow.db`; with `output_dir: s3://...` artifacts go to 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 
 from components.config.loading import load_config
@@ -84,12 +86,27 @@ def main(argv: list[str] | None = None) -> int:
             from rlhf.runs import print_runs
             print_runs(config, args.n)
             return 0
-        if args.command == "feedback":
-            return _feedback(args, config)
-        return _run(args, config)
+        signal.signal(signal.SIGTERM, _terminated)  # a clean failure: runs marked failed, the server stopped
+        exporting = args.command == "feedback" and args.action == "export"  # runs no flow
+        with contextlib.nullcontext() if exporting else _prefect_api(os.environ["PREFECT_HOME"]):
+            if args.command == "feedback":
+                return _feedback(args, config)
+            return _run(args, config)
     except RLHFError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _terminated(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _prefect_api(prefect_home: str):
+    """PREFECT_API_URL as set, else a temporary server that dies with this process (rlhf.server)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return contextlib.nullcontext()
+    from rlhf.server import temporary_server
+    return temporary_server(prefect_home)
 
 
 def _run(args, config) -> int:

@@ -5,12 +5,15 @@ import os
 import time
 from pathlib import Path
 
+from prefect.runtime import flow_run
+
 from components.config.pipeline import STAGES, PipelineConfig
 from components.io.store import ArtifactStore
 from tasks.runner import RunContext
 from tasks.tracking import Tracker, default_tracking_uri, flatten
 
 PRESETS = Path(__file__).parents[1] / "configs"
+FLOW_RUN = "rlhf.prefect_flow_run_id"  # the Prefect flow run a pipeline's MLflow run belongs to
 
 
 def open_context(config: PipelineConfig, run_name: str, force: set[str]) -> RunContext:
@@ -22,11 +25,42 @@ def open_context(config: PipelineConfig, run_name: str, force: set[str]) -> RunC
     uri = default_tracking_uri(state)
     artifacts = (state / "mlruns").resolve().as_uri() if uri.startswith("sqlite") else None
     tracker = Tracker(uri, config.tracking.experiment or config.name, artifacts)
+    end_abandoned(tracker)
     run_name = f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"  # distinct in MLflow's run list
     parent = tracker.start_run(run_name, flatten(config.model_dump(mode="json")),
-                               {"rlhf.pipeline": config.name, "rlhf.kind": "pipeline"})
+                               {"rlhf.pipeline": config.name, "rlhf.kind": "pipeline",
+                                FLOW_RUN: str(flow_run.id or "")})
     tracker.log_file(parent, "config.json", config.model_dump_json(indent=1))
     return RunContext(ArtifactStore(config.output_dir, state / "cache"), tracker, parent, state / "work", force)
+
+
+def end_abandoned(tracker: Tracker) -> None:
+    """Runs that a dead process left RUNNING end now: the MLflow runs FAILED, and the Prefect flow run of each
+    (with its task runs still running) Crashed, when this server has it."""
+    from prefect import get_client
+    from prefect.states import Crashed
+
+    abandoned = [r.data.tags[FLOW_RUN] for r in tracker.end_abandoned() if r.data.tags.get(FLOW_RUN)]
+    if not abandoned:
+        return
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterState, \
+        TaskRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    with get_client(sync_client=True) as client:
+        for flow_run_id in abandoned:
+            reason = "its process died while it ran (found by the next run)"
+            try:
+                run = client.read_flow_run(flow_run_id)
+            except Exception:  # another server's run (PREFECT_API_URL changed since): nothing to end here
+                continue
+            if not run.state.is_final():
+                client.set_flow_run_state(run.id, Crashed(message=reason), force=True)
+            running = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])),
+                                            task_run_filter=TaskRunFilter(state=TaskRunFilterState(
+                                                type=TaskRunFilterStateType(any_=[StateType.RUNNING]))))
+            for task_run in running:
+                client.set_task_run_state(task_run.id, Crashed(message=reason), force=True)
 
 
 def resolve_config(config: PipelineConfig, preset: str | None = None, overrides: list[str] | None = None,

@@ -15,10 +15,10 @@ from tasks.runner import StageRun
 
 
 def run_launched(stage: str, config, nproc: int, max_length: int, inputs: dict[str, Path], out: Path,
-                 stage_run: StageRun, gold: str | None = None, feedback_dirs: list[Path] = (),
-                 checkpoints: Path | None = None) -> dict[str, float]:
+                 stage_run: StageRun, gold: str | None = None, feedback_dirs: list[Path] = ()) -> dict[str, float]:
     """torchrun `nproc` processes of `tasks.launched` on this node; returns rank 0's metrics. The stage run's id
-    and tracking URI go down on the command line so rank 0 logs into the same MLflow run."""
+    and tracking URI go down on the command line so rank 0 logs into the same MLflow run; the stage's checkpoint
+    directory and where it is stored too, so rank 0 copies each checkpoint to the store."""
     side = out.parent / f"{out.name}.launch"
     side.mkdir(parents=True, exist_ok=True)
     (side / "config.json").write_text(config.model_dump_json())
@@ -27,7 +27,11 @@ def run_launched(stage: str, config, nproc: int, max_length: int, inputs: dict[s
            "--max-length", str(max_length), "--data", str(inputs["data"]), "--out", str(out),
            "--result", str(side / "result.json"), "--tracking-uri", stage_run.tracker.uri, "--run-id", stage_run.run_id]
     cmd += [f"--{name}={inputs[name]}" for name in ("sft", "reward") if name in inputs] + ([f"--gold={gold}"] if gold else [])
-    cmd += [f"--feedback={d}" for d in feedback_dirs] + ([f"--checkpoints={checkpoints}"] if checkpoints else [])
+    cmd += [f"--feedback={d}" for d in feedback_dirs]
+    if stage_run.partial is not None:
+        partial = stage_run.partial
+        cmd += [f"--checkpoints={partial.local}", f"--checkpoint-store={partial.store.root}",
+                f"--cache-key={partial.key}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
     try:

@@ -2,11 +2,16 @@
 
 A stage is reused when the store holds a complete, verified output under its cache key; otherwise it runs into
 a fresh work directory, and only a finished output is stored (marker last). A failed stage leaves no complete
-output behind and its MLflow run is marked FAILED.
+output behind and its MLflow run is marked FAILED. What a failure would throw away is kept instead:
+- a training stage's checkpoints live in the store under `<stage>/<key>/_partial/` until its output is stored,
+  so a rerun (a Prefect retry, a replacement worker) resumes from the last one;
+- an output that finished but could not be stored (an S3 outage) stays in the work directory with a
+  `<key>.finished.json` beside it, and the rerun stores it instead of training again.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import time
@@ -16,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from components.compute.memory import PeakRSS
-from components.io.store import ArtifactStore, StoreError
+from components.io.partial import PartialCheckpoints
+from components.io.store import ArtifactStore, StoreError, describe
 from tasks.output import StageOutput, cache_key
 from tasks.tracking import Tracker, flatten
 
@@ -25,11 +31,21 @@ log = logging.getLogger("rlhf")
 
 @dataclass
 class StageRun:
-    """The executing stage's MLflow run and checkpoint directory, handed to its compute function."""
+    """The executing stage's MLflow run and checkpoints, handed to its compute function."""
 
     run_id: str
     tracker: Tracker
-    checkpoints: Path | None = None  # kept when the stage fails, so its rerun resumes; removed once it is stored
+    partial: PartialCheckpoints | None = None  # kept when the stage fails, so its rerun resumes; dropped once stored
+
+    @property
+    def checkpoints(self) -> Path | None:
+        """The local checkpoint directory the stage saves into and resumes from."""
+        return self.partial.local if self.partial else None
+
+    @property
+    def on_checkpoint(self):
+        """Called after each completed checkpoint: copies it to the store."""
+        return self.partial.save if self.partial else None
 
     @property
     def on_log(self):
@@ -65,23 +81,24 @@ def execute(stage: str, version: str, config: Any, parents: dict[str, StageOutpu
             ctx.tracker.tag(ctx.parent_run_id, {f"stage.{stage}": "cached",
                                                 f"stage.{stage}.run_id": marker.get("mlflow_run_id") or ""})
             return _output(ctx.store, marker, cached=True)
-    log.info("== %s", stage)
-    inputs = {name: ctx.store.fetch(out.stage, out.cache_key) for name, out in parents.items()}
-    params = {**flatten(config.model_dump(mode="json")), **flatten(extra_hash or {})}
-    run_id = ctx.tracker.start_run(stage, params, {"rlhf.stage": stage, "rlhf.cache_key": key,
-                                                   "rlhf.stage_version": version}, parent=ctx.parent_run_id)
-    work, checkpoints = ctx.work_dir / stage / key, ctx.work_dir / "_partial" / stage / key
-    shutil.rmtree(work, ignore_errors=True)
-    work.parent.mkdir(parents=True, exist_ok=True)
+    work = ctx.work_dir / stage / key
+    finished = work.with_name(f"{key}.finished.json")  # the output in `work` is complete and not yet stored
+    partial = PartialCheckpoints(ctx.store, stage, key, ctx.work_dir / "_partial" / stage / key)
+    meta = _finished(work, finished)
+    if meta is not None:
+        log.info("== %s: trained before, not stored yet: storing it (%s)", stage, work)
+        run_id = meta["mlflow_run_id"]
+    else:
+        log.info("== %s", stage)
+        inputs = {name: ctx.store.fetch(out.stage, out.cache_key) for name, out in parents.items()}
+        params = {**flatten(config.model_dump(mode="json")), **flatten(extra_hash or {})}
+        run_id = ctx.tracker.start_run(stage, params, {"rlhf.stage": stage, "rlhf.cache_key": key,
+                                                       "rlhf.stage_version": version}, parent=ctx.parent_run_id)
     try:
-        with _slots(getattr(config, "compute", None)), PeakRSS() as memory, ctx.tracker.system_metrics(run_id):
-            started = time.perf_counter()
-            metrics = compute(inputs, work, StageRun(run_id, ctx.tracker, checkpoints))
-        stage_stats = {f"{stage}/seconds": time.perf_counter() - started,  # compute only: what overhead is measured on
-                       f"{stage}/peak_rss_mb": memory.peak_mb}  # this process and its children (torchrun ranks)
-        ctx.tracker.logger(run_id)(0, stage_stats)
-        meta = {"version": version, "config_hash": config_hash, "parents": fingerprints, "mlflow_run_id": run_id,
-                "metrics": {k: float(v) for k, v in {**metrics, **stage_stats}.items() if isinstance(v, (int, float))}}
+        if meta is None:
+            meta = _compute(stage, compute, inputs, work, StageRun(run_id, ctx.tracker, partial), config, ctx)
+            meta.update(version=version, config_hash=config_hash, parents=fingerprints, mlflow_run_id=run_id)
+            finished.write_text(json.dumps({**meta, "files": describe(work)}))
         marker = ctx.store.put(work, stage, key, meta)
     except BaseException:
         ctx.tracker.finish(run_id, ok=False)
@@ -89,9 +106,38 @@ def execute(stage: str, version: str, config: Any, parents: dict[str, StageOutpu
     ctx.tracker.tag(run_id, {"rlhf.uri": ctx.store.uri(stage, key), "rlhf.fingerprint": marker["fingerprint"]})
     ctx.tracker.tag(ctx.parent_run_id, {f"stage.{stage}": "ran", f"stage.{stage}.run_id": run_id})
     ctx.tracker.finish(run_id)
-    for done in (work, checkpoints):
-        shutil.rmtree(done, ignore_errors=True)
+    finished.unlink(missing_ok=True)
+    shutil.rmtree(work, ignore_errors=True)
+    partial.drop()
     return _output(ctx.store, marker, cached=False)
+
+
+def _compute(stage: str, compute: Compute, inputs: dict[str, Path], work: Path, stage_run: StageRun, config: Any,
+             ctx: RunContext) -> dict[str, Any]:
+    """Run the stage into a fresh `work` (resuming from its stored checkpoint when there is one); its metadata."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.parent.mkdir(parents=True, exist_ok=True)
+    if stage_run.partial.restore():
+        log.info("%s: resuming from the checkpoint in %s", stage, stage_run.partial.uri)
+        ctx.tracker.tag(stage_run.run_id, {"rlhf.resumed_from": stage_run.partial.uri})
+    with _slots(getattr(config, "compute", None)), PeakRSS() as memory, ctx.tracker.system_metrics(stage_run.run_id):
+        started = time.perf_counter()
+        metrics = compute(inputs, work, stage_run)
+    stage_stats = {f"{stage}/seconds": time.perf_counter() - started,  # compute only: what overhead is measured on
+                   f"{stage}/peak_rss_mb": memory.peak_mb}  # this process and its children (torchrun ranks)
+    stage_run.on_log(0, stage_stats)
+    return {"metrics": {k: float(v) for k, v in {**metrics, **stage_stats}.items() if isinstance(v, (int, float))}}
+
+
+def _finished(work: Path, finished: Path) -> dict[str, Any] | None:
+    """The metadata of a finished, unstored output in `work` when its files are still exactly as they were."""
+    if not finished.is_file():
+        return None
+    meta = json.loads(finished.read_text())
+    if not work.is_dir() or describe(work) != meta.pop("files"):
+        finished.unlink()
+        return None
+    return meta
 
 
 def _slots(compute):
@@ -122,10 +168,10 @@ def _output(store: ArtifactStore, marker: dict, cached: bool) -> StageOutput:
 
 def _hash(config: Any, extra: dict[str, Any] | None) -> str:
     import hashlib
-    import json
 
     dumped = config.model_dump(mode="json")
     for key in ("concurrency_limit", "work_pool"):  # where a stage runs or queues does not change what it makes
         dumped.get("compute", {}).pop(key, None)
+    dumped.pop("checkpoint_every", None)  # nor how often it checkpoints: a resumed run ends as an uninterrupted one
     blob = json.dumps({"config": dumped, "extra": extra or {}}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()

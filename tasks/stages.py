@@ -2,8 +2,8 @@
 
 Caching is ours (tasks.runner), not Prefect's: a stored output is reused only if it still exists and verifies,
 which a Prefect cache record cannot know. So every task has `cache_policy=NO_CACHE`. Stage tasks have no retries
-(the store's I/O retries with backoff itself, and a failed training stage is rerun, not retried blindly); only
-the registry tasks, which are pure I/O, retry.
+(the store's I/O retries with backoff itself); a rerun of the flow resumes a training stage from its stored
+checkpoint and stores a finished but unstored output without training again. The registry tasks, pure I/O, retry.
 """
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def sft_task(config: SFTConfig, max_length: int, data: StageOutput, ctx: RunCont
         if config.compute.num_processes > 1:
             return run_launched("sft", config, config.compute.num_processes, max_length, inputs, out, stage_run)
         from components.sft.train import run
-        return run(config, inputs["data"], out, max_length, on_log=stage_run.on_log)
+        return run(config, inputs["data"], out, max_length, on_log=stage_run.on_log,
+                   checkpoint_dir=stage_run.checkpoints, on_checkpoint=stage_run.on_checkpoint)
 
     return execute("sft", VERSIONS["sft"], config, {"data": data}, compute, ctx, {"data.max_length": max_length})
 
@@ -63,7 +64,8 @@ def reward_task(config: RewardConfig, max_length: int, data: StageOutput, sft: S
                                 feedback_dirs=[inputs[name] for name in feedback])
         from components.reward.train import run
         return run(config, inputs["data"], out, max_length, base_model=inputs["sft"], on_log=stage_run.on_log,
-                   feedback_dirs=[inputs[name] for name in feedback])
+                   feedback_dirs=[inputs[name] for name in feedback], checkpoint_dir=stage_run.checkpoints,
+                   on_checkpoint=stage_run.on_checkpoint)
 
     return execute("reward", VERSIONS["reward"], config, {"data": data, "sft": sft, **feedback}, compute, ctx,
                    {"data.max_length": max_length})
@@ -78,7 +80,7 @@ def ppo_task(config: PPOConfig, max_length: int, gold: str | None, data: StageOu
     def compute(inputs, out, stage_run):
         if config.compute.num_processes > 1:
             return run_launched("ppo", config, config.compute.num_processes, max_length, inputs, out,
-                                stage_run, gold=gold, checkpoints=stage_run.checkpoints)
+                                stage_run, gold=gold)
         from components.evaluation.gold import load_gold
         from components.ppo import run
 
@@ -87,7 +89,7 @@ def ppo_task(config: PPOConfig, max_length: int, gold: str | None, data: StageOu
 
         result = run(config, inputs["data"], out, inputs["sft"], inputs.get("reward"), max_length,
                      gold_fn=load_gold(gold), checkpoint_dir=stage_run.checkpoints, resume=True,
-                     on_log=stage_run.on_log, on_samples=on_samples)
+                     on_log=stage_run.on_log, on_samples=on_samples, on_checkpoint=stage_run.on_checkpoint)
         return result.metrics
 
     parents = {"data": data, "sft": sft, **({"reward": reward} if reward is not None else {})}
@@ -104,10 +106,11 @@ def dpo_task(config: DPOConfig, max_length: int, data: StageOutput, sft: StageOu
     def compute(inputs, out, stage_run):
         if config.compute.num_processes > 1:
             return run_launched("dpo", config, config.compute.num_processes, max_length, inputs, out, stage_run,
-                                feedback_dirs=[inputs[name] for name in feedback], checkpoints=stage_run.checkpoints)
+                                feedback_dirs=[inputs[name] for name in feedback])
         from components.dpo.train import run
         return run(config, inputs["data"], out, max_length, base_model=inputs["sft"], on_log=stage_run.on_log,
-                   feedback_dirs=[inputs[name] for name in feedback], checkpoint_dir=stage_run.checkpoints)
+                   feedback_dirs=[inputs[name] for name in feedback], checkpoint_dir=stage_run.checkpoints,
+                   on_checkpoint=stage_run.on_checkpoint)
 
     return execute("dpo", VERSIONS["dpo"], config, {"data": data, "sft": sft, **feedback}, compute, ctx,
                    {"data.max_length": max_length})
@@ -120,8 +123,7 @@ def es_task(config: ESConfig, gold: str | None, data: StageOutput, sft: StageOut
     stage's model, None when no term uses it); a rerun after a crash resumes from the stage's checkpoint."""
     def compute(inputs, out, stage_run):
         if config.compute.num_processes > 1:
-            return run_launched("es", config, config.compute.num_processes, 0, inputs, out, stage_run, gold=gold,
-                                checkpoints=stage_run.checkpoints)
+            return run_launched("es", config, config.compute.num_processes, 0, inputs, out, stage_run, gold=gold)
         from components.es.train import run
         from components.evaluation.gold import load_gold
 
@@ -129,7 +131,8 @@ def es_task(config: ESConfig, gold: str | None, data: StageOutput, sft: StageOut
             ctx.tracker.log_table(stage_run.run_id, rows, f"samples/iteration_{iteration:05d}.json")
 
         return run(config, inputs["data"], out, inputs["sft"], inputs.get("reward"), gold_fn=load_gold(gold),
-                   checkpoint_dir=stage_run.checkpoints, on_log=stage_run.on_log, on_samples=on_samples).metrics
+                   checkpoint_dir=stage_run.checkpoints, on_log=stage_run.on_log, on_samples=on_samples,
+                   on_checkpoint=stage_run.on_checkpoint).metrics
 
     parents = {"data": data, "sft": sft, **({"reward": reward} if reward is not None else {})}
     return execute("es", VERSIONS["es"], config, parents, compute, ctx, {"gold": gold})

@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +34,26 @@ POLICY_METRICS = tuple(f"eval/{policy}/{q}" for policy in POLICY_STAGES
 SHARED_VIEW, KEY_VIEW = "mlflow.sharedViewState.", "rlhf-key-metrics"
 PRIMARY_METRIC = "mlflow.experiment.primaryMetric.name"  # the UI's first chart
 ML_WORKFLOW = "workflowType=machine_learning"  # the UI opens on the GenAI overview unless a link says otherwise
+
+
+OWNER = "rlhf.owner"  # host:pid:process start time of the process that runs (and must end) a run
+
+
+def _this_process() -> str:
+    import psutil
+
+    return f"{socket.gethostname()}:{os.getpid()}:{psutil.Process().create_time():.0f}"
+
+
+def _alive(owner: str) -> bool:
+    """Does the process `host:pid:start` (on this host) still run? A pid reused by another process does not count."""
+    import psutil
+
+    _, pid, started = owner.rsplit(":", 2)
+    try:
+        return f"{psutil.Process(int(pid)).create_time():.0f}" == started
+    except (psutil.NoSuchProcess, ValueError):
+        return False
 
 
 def is_key_metric(name: str) -> bool:
@@ -106,6 +127,9 @@ class Tracker:
             self.client.set_experiment_tag(self.experiment_id, PRIMARY_METRIC, KEY_METRICS[0])
 
     def start_run(self, name: str, params: dict[str, str], tags: dict[str, str], parent: str | None = None) -> str:
+        """A new run, tagged with the process that owns it (`rlhf.owner`: host, pid, process start time), so a run
+        its process left RUNNING when it died is recognised later (`end_abandoned`)."""
+        tags = {**tags, OWNER: _this_process()}
         if parent:
             tags = {**tags, "mlflow.parentRunId": parent}
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
@@ -147,6 +171,21 @@ class Tracker:
             if monitor._logging_step == 0:  # shorter than one interval: MLflow drops the sample taken at the start
                 monitor.publish_metrics(monitor.aggregate_metrics())
                 monitor.mlflow_logger.flush()
+
+    def end_abandoned(self) -> list:
+        """Mark FAILED (tag `rlhf.end_reason`) every RUNNING run of this experiment whose owning process, on this
+        host, is gone: what a kill -9, an OOM kill or a power cut left behind. Returns those runs. Runs owned by
+        other hosts are left alone (this host cannot tell whether their process lives)."""
+        host = socket.gethostname()
+        abandoned = []
+        for run in self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+            owner = run.data.tags.get(OWNER, "")
+            if not owner.startswith(host + ":") or _alive(owner):
+                continue
+            self.tag(run.info.run_id, {"rlhf.end_reason": f"abandoned: its process ({owner}) died while it ran"})
+            self.finish(run.info.run_id, ok=False)
+            abandoned.append(run)
+        return abandoned
 
     def finish(self, run_id: str, ok: bool = True) -> None:
         self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")

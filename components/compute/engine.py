@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import random
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -176,8 +177,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(engine, ckpt_dir: str | Path, tag: str, client_state: dict[str, Any] | None = None) -> None:
     """Engine state (weights, optimizer, scheduler), this rank's RNG states, and our `client_state`
-    (e.g. iteration, data position, KL controller)."""
+    (e.g. iteration, data position, KL controller) as `tag`; older tags are removed once every rank has
+    written this one (only the latest is ever resumed)."""
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={**(client_state or {}), "rng": rng_state()})
+    if dist.is_initialized():
+        dist.barrier()
+    if is_rank0():
+        for old in Path(ckpt_dir).iterdir():
+            if old.is_dir() and old.name != tag:
+                shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint(engine, ckpt_dir: str | Path, tag: str | None = None) -> dict[str, Any]:

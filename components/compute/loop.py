@@ -6,7 +6,6 @@ import json
 import logging
 import math
 import random
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -87,14 +86,15 @@ def micro_batches(plan: LoopPlan) -> Iterator[list[int]]:
 
 def train(engine, plan: LoopPlan, step_fn: Callable[[list[int]], tuple[torch.Tensor, dict[str, float]]],
           evaluate: Callable[[], dict[str, float]], on_log: LogFn | None = None,
-          checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0) -> dict[str, float]:
+          checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0,
+          on_checkpoint: Callable[[], None] | None = None) -> dict[str, float]:
     """Run `plan.total_steps` optimizer steps. `step_fn(indices)` returns (loss, metrics) for one micro batch;
     `evaluate()` returns held-out metrics (called on every rank, as ZeRO-3 forwards need them all).
     Returns the last training and evaluation metrics, named `<plan.name>/train/<k>` and `<plan.name>/eval/<k>`:
     SFT's and the reward model's losses are different quantities, so they never share a name (nor an MLflow column).
     With `checkpoint_dir`, a checkpoint goes there every `checkpoint_every` steps, and a checkpoint already there
     is resumed: the engine, RNG and loop state are restored and the batches already trained on are skipped, so
-    the run ends as an uninterrupted one would."""
+    the run ends as an uninterrupted one would. `on_checkpoint()` is called (rank 0) after each one is complete."""
     sums: dict[str, float] = {}
     count, micro, t0, last, reported = 0, 0, time.perf_counter(), {}, 0
     if checkpoint_dir and Path(checkpoint_dir, "latest").exists():
@@ -126,18 +126,11 @@ def train(engine, plan: LoopPlan, step_fn: Callable[[list[int]], tuple[torch.Ten
         if step % plan.eval_every == 0 or step == plan.total_steps:
             last.update(_evaluate(engine, plan, step, evaluate, on_log))
         if checkpoint_dir and checkpoint_every and step % checkpoint_every == 0 and step < plan.total_steps:
-            _checkpoint(engine, checkpoint_dir, step, {"sums": sums, "count": count, "last": last, "step": step})
+            ds.save_checkpoint(engine, checkpoint_dir, f"step{step:06d}",
+                               {"loop": {"sums": sums, "count": count, "last": last, "step": step}})
+            if on_checkpoint is not None and is_rank0():
+                on_checkpoint()
     return last
-
-
-def _checkpoint(engine, checkpoint_dir: str | Path, step: int, state: dict) -> None:
-    """Save the engine and loop state as tag `step<N>`, then drop older tags (only the latest is resumed)."""
-    tag = f"step{step:06d}"
-    ds.save_checkpoint(engine, checkpoint_dir, tag, {"loop": state})
-    if is_rank0():
-        for old in Path(checkpoint_dir).glob("step*"):
-            if old.name != tag:
-                shutil.rmtree(old, ignore_errors=True)
 
 
 def _evaluate(engine, plan: LoopPlan, step: int, evaluate, on_log) -> dict[str, float]:

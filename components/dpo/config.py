@@ -23,7 +23,6 @@ class DPOConfig(TrainingConfig):
     rpo_alpha: float | None = Field(None, gt=0, description="Add this times the chosen response's NLL (RPO); "
                                     "null: off.")
     lr: float = Field(5e-5, gt=0, description="Peak learning rate (AdamW).")
-    checkpoint_every: int = Field(0, ge=0, description="Save a resumable checkpoint every N optimizer steps; 0: never.")
     feedback: list[str] = Field(default_factory=list, description="Stored human-feedback datasets (URIs of stage "
                                 "`feedback` outputs) added to the training pairs, as for the reward model.")
 

@@ -7,6 +7,7 @@ never recompute them.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def encode_pairs(tokenizer, records: list[dict], max_length: int, source: str) -
 
 def run(config: DPOConfig, data_dir: str | Path, out_dir: str | Path, max_length: int,
         base_model: str | Path | None = None, on_log: LogFn | None = None, feedback_dirs: list[str | Path] = (),
-        checkpoint_dir: str | Path | None = None) -> dict[str, float]:
+        checkpoint_dir: str | Path | None = None, on_checkpoint: Callable[[], None] | None = None) -> dict[str, float]:
     """Train `config.model` (else `base_model`, the SFT output dir) on preference_train (plus feedback datasets)
     and write the policy as a HF directory with metrics.json to `out_dir` atomically. With `checkpoint_dir`,
     checkpoints go there every config.checkpoint_every steps and a run finding one there resumes it."""
@@ -85,7 +86,8 @@ def run(config: DPOConfig, data_dir: str | Path, out_dir: str | Path, max_length
         return evaluate_pairs(engine, eval_set, config, pad, batch_size)
 
     metrics = {"dpo/data/pairs": float(len(train_set.chosen)), "dpo/data/truncated_pairs": float(train_set.truncated),
-               **train(engine, plan, step_fn, evaluate, on_log, checkpoint_dir, config.checkpoint_every)}
+               **train(engine, plan, step_fn, evaluate, on_log, checkpoint_dir, config.checkpoint_every,
+                       on_checkpoint)}
     ds.save_hf(engine, tokenizer, out_dir, {"metrics.json": metrics_file(metrics)}, select=merged)
     return metrics
 

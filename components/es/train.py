@@ -130,8 +130,8 @@ class Checkpoints:
     """`base.pt` (trainable weights, Adam moments, iteration) rewritten every `every` iterations, and `log.jsonl`,
     one line per iteration since the base (rank 0 writes; every rank reads)."""
 
-    def __init__(self, directory: str | Path | None, every: int):
-        self.dir, self.every = (Path(directory) if directory else None), every
+    def __init__(self, directory: str | Path | None, every: int, on_save: Callable[[], None] | None = None):
+        self.dir, self.every, self.on_save = (Path(directory) if directory else None), every, on_save
 
     def save(self, es: ES) -> None:
         if self.dir is None or not is_rank0():
@@ -146,6 +146,8 @@ class Checkpoints:
         elif (self.dir / "base.pt").exists():
             with open(self.dir / "log.jsonl", "a") as f:
                 f.write(json.dumps(es.last) + "\n")
+        if self.on_save is not None:
+            self.on_save()
 
     def resume(self, es: ES) -> bool:
         """Load the base and replay the log; False when there is nothing to resume."""
@@ -171,7 +173,8 @@ def train(prompts: list[str], reward_fn: RewardFn | Sequence[RewardFn] | None = 
           eval_prompts: list[str] | None = None, gold_fn: RewardFn | None = None, out_dir: str | Path | None = None,
           checkpoint_dir: str | Path | None = None, on_log: LogFn | None = None,
           on_samples: Callable[[int, list[dict]], None] | None = None,
-          prompt_messages: list | None = None, eval_messages: list | None = None) -> PPOResult:
+          prompt_messages: list | None = None, eval_messages: list | None = None,
+          on_checkpoint: Callable[[], None] | None = None) -> PPOResult:
     """Fine-tune `model` (or config.model) with evolution strategies on `prompts`, rewarded as PPO is (`reward_fn`
     functions and/or a reward model, or config.rewards). With `checkpoint_dir` a run resumes from what is there."""
     config = config or ESConfig()
@@ -194,7 +197,7 @@ def train(prompts: list[str], reward_fn: RewardFn | Sequence[RewardFn] | None = 
     encoded = encode_prompts(tokenizer, prompts, config.rollout.max_new_tokens, max_positions)
     eval_encoded = encode_prompts(tokenizer, eval_prompts, config.rollout.max_new_tokens, max_positions,
                                   "eval_prompts") if eval_prompts else []
-    checkpoints = Checkpoints(checkpoint_dir, config.checkpoint_every)
+    checkpoints = Checkpoints(checkpoint_dir, config.checkpoint_every, on_checkpoint)
     result, history = PPOResult(metrics={}), []
 
     def report(metrics: dict[str, float], show: bool = True) -> None:
@@ -251,7 +254,8 @@ def train(prompts: list[str], reward_fn: RewardFn | Sequence[RewardFn] | None = 
 
 def run(config: ESConfig, data_dir: str | Path, out_dir: str | Path, policy_dir: str | Path | None,
         reward_dir: str | Path | None, gold_fn: RewardFn | None = None, checkpoint_dir: str | Path | None = None,
-        on_log: LogFn | None = None, on_samples: Callable[[int, list[dict]], None] | None = None) -> PPOResult:
+        on_log: LogFn | None = None, on_samples: Callable[[int, list[dict]], None] | None = None,
+        on_checkpoint: Callable[[], None] | None = None) -> PPOResult:
     """The pipeline stage, on PPO's inputs: the prompts of preference_train, held-out eval_prompts, the SFT policy
     and (when a term of es.rewards is the reward model) the reward model; writes the policy to `out_dir`."""
     policy, scorer, records, evals = stage_inputs(config, data_dir, policy_dir, reward_dir, "es")
@@ -260,4 +264,4 @@ def run(config: ESConfig, data_dir: str | Path, out_dir: str | Path, policy_dir:
                  eval_prompts=[r["prompt"] for r in evals], gold_fn=gold_fn, out_dir=out_dir,
                  checkpoint_dir=checkpoint_dir, on_log=on_log, on_samples=on_samples,
                  prompt_messages=[r.get("prompt_messages") for r in records],
-                 eval_messages=[r.get("prompt_messages") for r in evals])
+                 eval_messages=[r.get("prompt_messages") for r in evals], on_checkpoint=on_checkpoint)

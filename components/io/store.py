@@ -3,7 +3,12 @@
 A stage output is complete only when its `_stage.json` (file names, sizes and sha256s, plus metadata) exists,
 and that file is written last: a crash or a lost connection mid-upload leaves files without it, which the
 store treats as absent. The fingerprint of an output is the sha256 of its file list, i.e. of its content.
+On S3 the marker also holds each object's ETag as stored, so an object replaced since (even by one of the same
+size) makes the output "not stored" and it is recomputed. A running stage's checkpoints live under
+`{root}/{stage}/{cache_key}/_partial/` (see `components.io.partial`).
 S3 endpoint and credentials come from the standard AWS environment (AWS_ENDPOINT_URL for MinIO-style servers).
+Transient S3 errors (connection lost, 5xx, throttling) are retried with backoff for about half a minute; errors
+that no retry can fix (no such bucket, bad credentials, access denied) fail at once.
 """
 from __future__ import annotations
 
@@ -22,7 +27,11 @@ from components.io.s3 import split_uri
 
 log = logging.getLogger(__name__)
 MARKER = "_stage.json"
+PARTIAL = "_partial"  # a running stage's checkpoints, beside (never inside) its output's files
 T = TypeVar("T")
+# S3 error codes that mean the request can never succeed as it is: retrying only delays the error
+PERMANENT = ("NoSuchBucket", "InvalidAccessKeyId", "AccessDenied", "SignatureDoesNotMatch", "InvalidBucketName",
+             "AllAccessDisabled", "AccountProblem", "InvalidToken", "ExpiredToken")
 
 
 class StoreError(RLHFError):
@@ -33,24 +42,36 @@ def describe(local_dir: str | Path) -> dict[str, str]:
     """{relative path: sha256} of every file under `local_dir` (the marker excluded)."""
     root = Path(local_dir)
     return {p.relative_to(root).as_posix(): file_sha256(p)
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != MARKER}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != MARKER and PARTIAL not in p.parts}
 
 
 def fingerprint(files: dict[str, str]) -> str:
     return hashlib.sha256(canonical_json(files)).hexdigest()
 
 
-def retry(what: str, fn: Callable[[], T], attempts: int = 4, base_delay: float = 0.5) -> T:
-    """Call `fn`, retrying with exponential backoff; the final failure becomes a StoreError naming `what`."""
+def permanent(exc: BaseException) -> str | None:
+    """The S3 error code of `exc` when no retry can fix it, else None. boto3's transfer manager wraps a ClientError
+    in S3UploadFailedError's message, so the code is also looked for there."""
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+    if code in PERMANENT:
+        return code
+    return next((c for c in PERMANENT if f"({c})" in str(exc)), None)
+
+
+def retry(what: str, fn: Callable[[], T], attempts: int = 7, base_delay: float = 0.5, max_delay: float = 8.0) -> T:
+    """Call `fn`, retrying with exponential backoff (0.5, 1, 2, 4, 8, 8 s: a ~25 s outage is ridden out); the
+    final failure, or a permanent S3 error at once, becomes a StoreError naming `what`."""
     for attempt in range(attempts):
         try:
             return fn()
         except StoreError:
             raise
         except Exception as exc:  # botocore and OSError raise many types; all are retried the same way
+            if code := permanent(exc):
+                raise StoreError(f"{what}: {code} (not retried): {exc}") from exc
             if attempt == attempts - 1:
                 raise StoreError(f"{what}: failed after {attempts} attempts: {exc}") from exc
-            delay = base_delay * 2 ** attempt
+            delay = min(base_delay * 2 ** attempt, max_delay)
             log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
@@ -59,7 +80,7 @@ def retry(what: str, fn: Callable[[], T], attempts: int = 4, base_delay: float =
 class ArtifactStore:
     """`root` is a local directory or `s3://bucket/prefix`. `cache_dir` holds local copies of S3 outputs."""
 
-    def __init__(self, root: str, cache_dir: str | Path = ".rlhf/cache", attempts: int = 4):
+    def __init__(self, root: str, cache_dir: str | Path = ".rlhf/cache", attempts: int = 7):
         self.root, self.cache_dir, self.attempts = root.rstrip("/"), Path(cache_dir), attempts
         self.is_s3 = root.startswith("s3://")
 
@@ -82,15 +103,20 @@ class ArtifactStore:
         return retry(f"read {self.uri(stage, key)}/{MARKER}", get, self.attempts)
 
     def verified(self, stage: str, key: str) -> dict[str, Any] | None:
-        """The marker if the output is complete and every file it lists is present with its size (S3) or its
-        hash (local disk); otherwise None."""
+        """The marker if the output is complete and every file it lists is present as stored: on S3 with the size
+        and ETag it had when uploaded (markers written before ETags were recorded: the size), on local disk with its
+        sha256; otherwise None (the stage is recomputed)."""
         marker = self.marker(stage, key)
         if marker is None:
             return None
         if self.is_s3:
             bucket, prefix = split_uri(self.uri(stage, key))
-            sizes = retry(f"list {self.uri(stage, key)}", lambda: self._sizes(bucket, prefix), self.attempts)
-            ok = all(sizes.get(name) == marker["sizes"][name] for name in marker["files"])
+            listed = retry(f"list {self.uri(stage, key)}", lambda: self._listing(bucket, prefix), self.attempts)
+            etags = marker.get("etags", {})
+            ok = all(name in listed and listed[name]["Size"] == marker["sizes"][name]
+                     and listed[name]["ETag"] == etags.get(name, listed[name]["ETag"]) for name in marker["files"])
+            if not ok:
+                log.warning("%s: stored files differ from the stage marker; recomputing", self.uri(stage, key))
         else:
             root = Path(self.uri(stage, key))
             ok = all((root / n).is_file() and file_sha256(root / n) == h for n, h in marker["files"].items())
@@ -134,6 +160,8 @@ class ArtifactStore:
             for name in files:
                 retry(f"upload {self.uri(stage, key)}/{name}",
                       lambda n=name: self._s3().upload_file(str(local_dir / n), bucket, f"{prefix}/{n}"), self.attempts)
+            listed = retry(f"list {self.uri(stage, key)}", lambda: self._listing(bucket, prefix), self.attempts)
+            marker["etags"] = {n: listed[n]["ETag"] for n in files}
             retry(f"upload {self.uri(stage, key)}/{MARKER}",
                   lambda: self._s3().put_object(Bucket=bucket, Key=f"{prefix}/{MARKER}", Body=canonical_json(marker)),
                   self.attempts)
@@ -153,13 +181,14 @@ class ArtifactStore:
         bucket, prefix = split_uri(self.uri(stage, key))
         s3 = self._s3()
         s3.delete_object(Bucket=bucket, Key=f"{prefix}/{MARKER}")
-        for name in self._sizes(bucket, prefix):
+        for name in self._listing(bucket, prefix):
             s3.delete_object(Bucket=bucket, Key=f"{prefix}/{name}")
 
     # -- S3 plumbing -------------------------------------------------------------------------------------------
-    def _sizes(self, bucket: str, prefix: str) -> dict[str, int]:
+    def _listing(self, bucket: str, prefix: str) -> dict[str, dict]:
+        """{name under prefix: its list_objects_v2 entry (Size, ETag, ...)}."""
         pages = self._s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
-        return {o["Key"][len(prefix) + 1:]: o["Size"] for page in pages for o in page.get("Contents", [])}
+        return {o["Key"][len(prefix) + 1:]: o for page in pages for o in page.get("Contents", [])}
 
     def _s3(self):
         if not hasattr(self, "_client"):

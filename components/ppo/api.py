@@ -6,7 +6,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from components.compute import engine as ds
@@ -86,11 +86,15 @@ def build_models(config: PPOConfig, tokenizer, policy: ModelSpec, reward: Scorer
 
 def fit(trainer: PPOTrainer, eval_prompts: list[list[int]], eval_texts: list[str], gold_fn: RewardFn | None,
         on_log: LogFn | None, checkpoint_dir: str | Path | None,
-        on_samples: Callable[[int, list[dict]], None] | None = None, eval_messages: list | None = None) -> PPOResult:
+        on_samples: Callable[[int, list[dict]], None] | None = None, eval_messages: list | None = None,
+        on_checkpoint: Callable[[], None] | None = None, resumed: dict | None = None) -> PPOResult:
     """Iterate to config.iterations with periodic logging, evaluation and checkpoints. `on_samples(iteration,
-    rows)` receives each evaluation's samples (rank 0)."""
-    c, history = trainer.config, []
-    result = PPOResult(metrics={})
+    rows)` receives each evaluation's samples and `on_checkpoint()` each completed checkpoint (rank 0). A
+    checkpoint holds the history and evaluations so far (`resumed`, as loaded), so a resumed run returns, and
+    saves, what an uninterrupted one does."""
+    c = trainer.config
+    result = PPOResult(**(resumed or {"metrics": {}}))
+    history = result.history
 
     def report(step: int, metrics: dict[str, float], show: bool = True) -> None:
         """Every iteration goes to history and on_log (the tracker); every log_every-th to the console."""
@@ -127,8 +131,9 @@ def fit(trainer: PPOTrainer, eval_prompts: list[list[int]], eval_texts: list[str
         if eval_prompts and (it % c.eval_every == 0 or it == c.iterations):
             evaluate()
         if checkpoint_dir and c.checkpoint_every and it % c.checkpoint_every == 0:
-            trainer.save_checkpoint(checkpoint_dir)
-    result.history = history
+            trainer.save_checkpoint(checkpoint_dir, asdict(result))
+            if on_checkpoint is not None and is_rank0():
+                on_checkpoint()
     return result
 
 
@@ -139,7 +144,8 @@ def train(prompts: list[str], reward_fn: RewardFn | Sequence[RewardFn] | None = 
           checkpoint_dir: str | Path | None = None, resume: bool = False, on_log: LogFn | None = None,
           ptx_examples: list[tuple[list[int], list[int]]] | None = None,
           on_samples: Callable[[int, list[dict]], None] | None = None,
-          prompt_messages: list | None = None, eval_messages: list | None = None) -> PPOResult:
+          prompt_messages: list | None = None, eval_messages: list | None = None,
+          on_checkpoint: Callable[[], None] | None = None) -> PPOResult:
     """Train a policy with PPO (or GRPO, RLOO, REINFORCE++: `config.advantage`) on `prompts`. The reward is a
     weighted sum of terms: `reward_fn(prompts, responses) -> list[float]` (one function or a list, weighted by
     `reward_weights`) and/or a reward model (`reward_model`, a HF sequence-classification dir / hub id); without
@@ -163,11 +169,12 @@ def train(prompts: list[str], reward_fn: RewardFn | Sequence[RewardFn] | None = 
                                   "eval_prompts") if eval_prompts else []
     _check_scorer_context(models.scorer, max(map(len, encoded + eval_encoded)) + config.rollout.max_new_tokens)
     trainer = PPOTrainer(config, models, tokenizer, encoded, list(prompts), terms, ptx_examples, prompt_messages)
+    resumed = None
     if resume and checkpoint_dir and Path(checkpoint_dir, "actor", "latest").exists():
-        trainer.load_checkpoint(checkpoint_dir)
+        resumed = trainer.load_checkpoint(checkpoint_dir) or None
         log.info("ppo resumed at iteration %d from %s", trainer.iteration, checkpoint_dir)
     result = fit(trainer, eval_encoded, list(eval_prompts or []), gold_fn, on_log, checkpoint_dir, on_samples,
-                 eval_messages)
+                 eval_messages, on_checkpoint, resumed)
     if out_dir is not None:
         files = {"metrics.json": metrics_file(result.metrics),
                  "history.jsonl": "".join(json.dumps(reproducible(h)) + "\n" for h in result.history),
@@ -179,7 +186,8 @@ def train(prompts: list[str], reward_fn: RewardFn | Sequence[RewardFn] | None = 
 def run(config: PPOConfig, data_dir: str | Path, out_dir: str | Path, policy_dir: str | Path | None,
         reward_dir: str | Path | None, max_length: int, gold_fn: RewardFn | None = None,
         checkpoint_dir: str | Path | None = None, resume: bool = False, on_log: LogFn | None = None,
-        on_samples: Callable[[int, list[dict]], None] | None = None) -> PPOResult:
+        on_samples: Callable[[int, list[dict]], None] | None = None,
+        on_checkpoint: Callable[[], None] | None = None) -> PPOResult:
     """The pipeline stage: prompts of the preference_train split, held-out eval_prompts, the SFT policy and the
     reward model unless the config names others (`reward_dir` may be None when no term of ppo.rewards is the
     reward model); writes the policy to `out_dir`."""
@@ -192,7 +200,7 @@ def run(config: PPOConfig, data_dir: str | Path, out_dir: str | Path, policy_dir
                  tokenizer=tokenizer, eval_prompts=[r["prompt"] for r in evals], gold_fn=gold_fn, out_dir=out_dir,
                  checkpoint_dir=checkpoint_dir, resume=resume, on_log=on_log, ptx_examples=ptx, on_samples=on_samples,
                  prompt_messages=[r.get("prompt_messages") for r in records],
-                 eval_messages=[r.get("prompt_messages") for r in evals])
+                 eval_messages=[r.get("prompt_messages") for r in evals], on_checkpoint=on_checkpoint)
 
 
 def stage_inputs(config, data_dir: str | Path, policy_dir: str | Path | None, reward_dir: str | Path | None,

@@ -321,20 +321,22 @@ class PPOTrainer:
         if state.get("moments") is not None:
             self.moments = RunningMoments(**state["moments"])
 
-    def save_checkpoint(self, ckpt_dir) -> None:
-        """Engine states (weights, optimizer, scheduler) and the trainer State, tagged by iteration."""
+    def save_checkpoint(self, ckpt_dir, extra: dict | None = None) -> None:
+        """Engine states (weights, optimizer, scheduler), the trainer State and the caller's `extra` (plain data
+        it needs back on resume), tagged by iteration."""
         tag = f"iter{self.iteration:06d}"
-        client = {"ppo": self.state().__dict__}
+        client = {"ppo": self.state().__dict__, "extra": extra or {}}
         ds.save_checkpoint(self.models.actor, f"{ckpt_dir}/actor", tag, client)
         if self.models.critic is not None:
             ds.save_checkpoint(self.models.critic, f"{ckpt_dir}/critic", tag)
 
-    def load_checkpoint(self, ckpt_dir) -> None:
-        """Restore the latest checkpoint in `ckpt_dir`; training continues with the next iteration."""
+    def load_checkpoint(self, ckpt_dir) -> dict:
+        """Restore the latest checkpoint in `ckpt_dir` (training continues with the next iteration); its `extra`."""
         client = ds.load_checkpoint(self.models.actor, f"{ckpt_dir}/actor")
         if self.models.critic is not None:
             ds.load_checkpoint(self.models.critic, f"{ckpt_dir}/critic")
         self.load_state(client["ppo"])
+        return client.get("extra", {})
 
 
 def _std(x: torch.Tensor) -> float:

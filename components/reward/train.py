@@ -1,6 +1,7 @@
 """The reward-model stage: fit r(x, y) on preference pairs, report accuracy on held-out pairs."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -36,11 +37,13 @@ def score_batch(model: RewardModel, sequences: list[list[int]], pad_id: int) -> 
 
 def run(config: RewardConfig, data_dir: str | Path, out_dir: str | Path, max_length: int,
         base_model: str | None = None, on_log: LogFn | None = None,
-        feedback_dirs: list[str | Path] = ()) -> dict[str, float]:
+        feedback_dirs: list[str | Path] = (), checkpoint_dir: str | Path | None = None,
+        on_checkpoint: Callable[[], None] | None = None) -> dict[str, float]:
     """Train a reward model from `config.model`, or else from `base_model` (the SFT output dir), and write a
     HF directory (AutoModelForSequenceClassification, num_labels=1) with metrics.json to `out_dir` atomically.
     A `config.model` with its own tokenizer reads the pairs in its tokens. `feedback_dirs` are stored
-    human-feedback datasets whose pairs are added to preference_train."""
+    human-feedback datasets whose pairs are added to preference_train. With `checkpoint_dir`, checkpoints go there
+    every config.checkpoint_every steps and one found there is resumed."""
     spec = config.model or (ModelSpec(name_or_path=str(base_model)) if base_model else None)
     if spec is None:
         raise ValueError("reward.model is not set and no SFT model was given as the base")
@@ -67,7 +70,7 @@ def run(config: RewardConfig, data_dir: str | Path, out_dir: str | Path, max_len
         return evaluate_pairs(engine, eval_set, tokenizer.pad_token_id, config.compute.micro_batch_size,
                               config.margin)
 
-    metrics = train(engine, plan, step_fn, evaluate, on_log)
+    metrics = train(engine, plan, step_fn, evaluate, on_log, checkpoint_dir, config.checkpoint_every, on_checkpoint)
     ds.save_hf(engine, tokenizer, out_dir, {"metrics.json": metrics_file(metrics)}, select=lambda m: merged(m.model))
     return metrics
 

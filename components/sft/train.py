@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -16,9 +17,11 @@ from components.sft.data import collate, encode, token_nll
 
 
 def run(config: SFTConfig, data_dir: str | Path, out_dir: str | Path, max_length: int,
-        on_log: LogFn | None = None) -> dict[str, float]:
+        on_log: LogFn | None = None, checkpoint_dir: str | Path | None = None,
+        on_checkpoint: Callable[[], None] | None = None) -> dict[str, float]:
     """Train, then write a HF directory (model + tokenizer + metrics.json) to `out_dir` atomically.
-    Returns metrics including `sft/eval/loss_before`, `sft/eval/loss` and `sft/eval/perplexity`."""
+    Returns metrics including `sft/eval/loss_before`, `sft/eval/loss` and `sft/eval/perplexity`. With
+    `checkpoint_dir`, checkpoints go there every config.checkpoint_every steps and one found there is resumed."""
     ds.init_distributed()
     torch.manual_seed(config.seed)
     tokenizer = load_data_tokenizer(data_dir)
@@ -40,7 +43,8 @@ def run(config: SFTConfig, data_dir: str | Path, out_dir: str | Path, max_length
     engine.eval()
     with torch.no_grad():
         before = evaluate()
-    metrics = {"sft/eval/loss_before": before["loss"], **train(engine, plan, step_fn, evaluate, on_log)}
+    metrics = {"sft/eval/loss_before": before["loss"], **train(engine, plan, step_fn, evaluate, on_log, checkpoint_dir,
+                                                               config.checkpoint_every, on_checkpoint)}
     ds.save_hf(engine, tokenizer, out_dir, {"metrics.json": metrics_file(metrics)}, select=merged)
     return metrics
 

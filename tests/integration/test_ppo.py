@@ -89,7 +89,8 @@ def _spec(path):
 
 def test_resume_continues_exactly(demo_data, sft_run, tmp_path):
     """6 iterations in one go == 3 iterations, a checkpoint, and a resumed run to 6 (adaptive KL and reward
-    normalisation included, so their state must come back too)."""
+    normalisation included, so their state must come back too): the same weights, and the same history and
+    metrics, those of the iterations before the checkpoint included (they come back from it)."""
     settings = dict(TINY, iterations=6, checkpoint_every=3, kl={"adaptive": True, "target": 1.0, "horizon": 100},
                     reward_normalize=True)
     prompts = _prompts(demo_data)
@@ -102,13 +103,15 @@ def test_resume_continues_exactly(demo_data, sft_run, tmp_path):
     straight = _iterations(go(6, tmp_path / "a"))
     first = _iterations(go(3, tmp_path / "b"))
     resumed = _iterations(go(6, tmp_path / "b", resume=True))
-    assert [h["iteration"] for h in first + resumed] == [1, 2, 3, 4, 5, 6]
-    for a, b in zip(straight, first + resumed):
+    assert [h["iteration"] for h in first] == [1, 2, 3] and [h["iteration"] for h in resumed] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(straight, resumed):
         for key in ("loss/policy_avg", "loss/value_avg", "objective/scores", "objective/kl", "objective/kl_coef", "objective/shaped_scores"):
             assert b[key] == pytest.approx(a[key], abs=1e-5), (a["iteration"], key)
     w_straight = _weights(tmp_path / "out6False")
     w_resumed = _weights(tmp_path / "out6True")
     assert all(torch.equal(w_straight[k], w_resumed[k]) for k in w_straight)
+    for name in ("metrics.json", "history.jsonl", "eval_samples.jsonl"):
+        assert (tmp_path / "out6True" / name).read_text() == (tmp_path / "out6False" / name).read_text(), name
 
 
 def _weights(path):

@@ -259,3 +259,53 @@ def test_s3_going_away_mid_run_fails_clearly_and_marks_nothing_complete(env, fir
     failed = tracker.client.search_runs([tracker.experiment_id], "tags.`rlhf.stage` = 'ppo' and "
                                         "attributes.status = 'FAILED'")
     assert len(failed) == 1
+    # the trained policy was kept: the rerun stores it instead of training again, under the run that trained it
+    again = run(env, "ppo.lr=4e-5")
+    assert not again["ppo"].cached and again["ppo"].mlflow_run_id == failed[0].info.run_id
+    assert _stages_ran(env, again) == ["evaluate"]  # no new PPO run: nothing was retrained
+    assert tracker.client.get_run(failed[0].info.run_id).info.status == "FINISHED"
+
+
+def _stop_while_uploading(env, stage: str, seconds: float) -> threading.Thread:
+    """Stop the S3 server for `seconds` as soon as `stage`'s finished output waits in the work dir for upload."""
+    s3, state = env
+
+    def outage():
+        deadline = time.time() + 300
+        while not list((state / "work" / stage).glob("*.finished.json")) and time.time() < deadline:
+            time.sleep(0.02)
+        s3.stop()
+        time.sleep(seconds)
+        s3.start()
+
+    watcher = threading.Thread(target=outage)
+    watcher.start()
+    return watcher
+
+
+def test_a_short_s3_outage_at_upload_is_ridden_out(env, first):
+    """S3 away for 4 s while the SFT model uploads: retries with backoff store it; nothing is trained twice."""
+    watcher = _stop_while_uploading(env, "sft", 4)
+    try:
+        out = run(env, "sft.lr=2e-3", "promotion.margin=1000")
+    finally:
+        watcher.join()
+    assert not out["sft"].cached and env[0].markers("sft") >= {out["sft"].cache_key}
+    assert _stages_ran(env, out) == ["evaluate", "ppo", "reward", "sft"]
+
+
+def test_a_same_size_corruption_is_not_stored_and_is_recomputed(env, first):
+    """An object replaced by other bytes of the same size: its ETag differs from the one the marker recorded at
+    upload, so the output is "not stored" and recomputed (seeded: the same content again)."""
+    s3 = boto3.client("s3")
+    key = f"{PREFIX}/sft/{first['sft'].cache_key}/model.safetensors"
+    size = s3.head_object(Bucket=BUCKET, Key=key)["ContentLength"]
+    s3.put_object(Bucket=BUCKET, Key=key, Body=b"\0" * size)
+    again = run(env)
+    assert not again["sft"].cached and again["sft"].fingerprint == first["sft"].fingerprint
+    assert again["reward"].cached and again["ppo"].cached  # (the evaluation is keyed on the champion too)
+
+
+def test_a_missing_bucket_fails_at_once_naming_the_object(env, first):
+    with pytest.raises(StoreError, match=r"s3://no-such-bucket/p/data/\w+/_stage.json: NoSuchBucket \(not retried\)"):
+        run(env, "output_dir=s3://no-such-bucket/p")

@@ -12,10 +12,12 @@ import logging
 import os
 import signal
 import sys
+import traceback
 
 from components.config.loading import load_config
 from components.config.pipeline import POLICY_STAGES, STAGES
 from components.errors import RLHFError
+from components.io.redact import redact
 
 log = logging.getLogger("rlhf")
 
@@ -29,6 +31,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhf", description="RLHF pipeline: data prep, SFT, reward model, PPO, "
                                                               "evaluation.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors (file, config, data)")
     sub = parser.add_subparsers(dest="command", required=True)
     _config_args(sub.add_parser("validate", help="validate a config and print it resolved"))
     run = sub.add_parser("run", help="run the pipeline flow (cached stages are reused)")
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         os.environ.setdefault("PREFECT_HOME", os.path.abspath(os.path.join(config.state_dir, "prefect")))
         os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)  # Prefect's sqlite file needs its directory
-        _quiet_logging()
+        _quiet_logging(args.debug)
         if args.command == "runs":
             from rlhf.runs import print_runs
             print_runs(config, args.n)
@@ -93,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                 return _feedback(args, config)
             return _run(args, config)
     except RLHFError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2
 
 
@@ -178,8 +183,27 @@ def _summary(outputs, config) -> None:
         print("  compare runs: rlhf runs")
 
 
-def _quiet_logging() -> None:
-    """Our progress lines at INFO; DeepSpeed and transformers only when something is wrong."""
+class _UserErrorsWithoutTraceback(logging.Filter):
+    """Prefect logs a failed task's or flow's exception with its traceback (70-110 lines) before the CLI's one
+    `error:` line; for an input error (RLHFError: it names the file, line or field) the line is what helps."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], RLHFError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_logging(debug: bool = False) -> None:
+    """Our progress lines at INFO; DeepSpeed and transformers only when something is wrong; tracebacks of input
+    errors only with --debug."""
+    if not debug:
+        from prefect.logging.configuration import setup_logging
+
+        setup_logging()  # what importing Prefect's flow machinery does; its handlers exist from here on
+
+        for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+            for h in logging.getLogger(name).handlers:
+                h.addFilter(_UserErrorsWithoutTraceback())
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
     for name in ("rlhf", "components"):

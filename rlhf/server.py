@@ -3,7 +3,7 @@
 Prefect starts its own temporary server (`SubprocessASGIServer`) as a plain child that is stopped at exit: after a
 kill -9 or an OOM kill of the run it is left behind, re-parented to PID 1, holding its port and database. This
 starts the same server (uvicorn on Prefect's app factory, as Prefect does) with the kernel's parent-death signal set,
-so it gets SIGTERM when the run's process dies however it dies, and points PREFECT_API_URL at it. Two runs
+so it gets SIGTERM when the run's process dies however it dies, and points the PREFECT_API_URL setting at it. Two runs
 starting at once on one state dir take turns starting theirs (a lock file), so their database migrations never race.
 """
 from __future__ import annotations
@@ -32,8 +32,8 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 @contextlib.contextmanager
 def temporary_server(prefect_home: str | Path, timeout: float = 120) -> Iterator[str]:
-    """Start Prefect's API server on a free local port for the block; yields its API URL (also set as
-    PREFECT_API_URL for this process)."""
+    """Start Prefect's API server on a free local port for the block; yields its API URL, which is this
+    process's PREFECT_API_URL setting in the block."""
     home = Path(prefect_home)
     port = free_port()
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
@@ -48,11 +48,16 @@ def temporary_server(prefect_home: str | Path, timeout: float = 120) -> Iterator
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         _wait_healthy(proc, url, timeout, log)
-    os.environ["PREFECT_API_URL"] = url
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     try:
-        yield url
+        with temporary_settings({PREFECT_API_URL: url}):
+            try:
+                yield url
+            finally:
+                APILogHandler().flush()  # the run's last log lines reach the server before it stops
     finally:
-        os.environ.pop("PREFECT_API_URL", None)
         proc.terminate()
         try:
             proc.wait(timeout=10)

@@ -1,6 +1,7 @@
 """Opening a pipeline run: the artifact store, the MLflow experiment and the run's parent MLflow run."""
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -8,6 +9,8 @@ from pathlib import Path
 from prefect.runtime import flow_run
 
 from components.config.pipeline import STAGES, PipelineConfig
+from components.io.locks import file_lock
+from components.io.redact import redact_tree
 from components.io.store import ArtifactStore
 from tasks.runner import RunContext
 from tasks.tracking import Tracker, default_tracking_uri, flatten
@@ -24,13 +27,14 @@ def open_context(config: PipelineConfig, run_name: str, force: set[str]) -> RunC
     state.mkdir(parents=True, exist_ok=True)
     uri = default_tracking_uri(state)
     artifacts = (state / "mlruns").resolve().as_uri() if uri.startswith("sqlite") else None
-    tracker = Tracker(uri, config.tracking.experiment or config.name, artifacts)
+    with file_lock(state / ".locks" / "mlflow.lock", "MLflow's set-up"):  # two runs at once: one creates db
+        tracker = Tracker(uri, config.tracking.experiment or config.name, artifacts)  # and experiment, the other waits
     end_abandoned(tracker)
     run_name = f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"  # distinct in MLflow's run list
     parent = tracker.start_run(run_name, flatten(config.model_dump(mode="json")),
                                {"rlhf.pipeline": config.name, "rlhf.kind": "pipeline",
                                 FLOW_RUN: str(flow_run.id or "")})
-    tracker.log_file(parent, "config.json", config.model_dump_json(indent=1))
+    tracker.log_file(parent, "config.json", json.dumps(redact_tree(config.model_dump(mode="json")), indent=1))
     return RunContext(ArtifactStore(config.output_dir, state / "cache"), tracker, parent, state / "work", force)
 
 

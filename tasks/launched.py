@@ -1,6 +1,7 @@
 """What torchrun runs for a multi-process stage: `python -m tasks.launched <stage> ...` on every rank.
 
-Every rank trains; rank 0 alone logs into the stage's MLflow run (its id comes down on the command line) and
+Every rank trains; rank 0 alone logs into the stage's MLflow run (its id comes down on the command line, the
+tracking URI in MLFLOW_TRACKING_URI) and
 writes the stage's returned metrics to `--result`, which the launching task reads back.
 """
 from __future__ import annotations
@@ -27,7 +28,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-key", help="the stage output's cache key (where in --checkpoint-store)")
     parser.add_argument("--gold", help="gold scorer (module:function) of held-out samples")
     parser.add_argument("--result", required=True, help="JSON file for the returned metrics (rank 0)")
-    parser.add_argument("--tracking-uri", required=True)
     parser.add_argument("--run-id", required=True)
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", 0))
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         from mlflow.tracking import MlflowClient
 
         from tasks.tracking import run_logger
-        on_log = run_logger(MlflowClient(args.tracking_uri), args.run_id)
+        on_log = run_logger(MlflowClient(os.environ["MLFLOW_TRACKING_URI"]), args.run_id)
     text = Path(args.stage_config).read_text()
     saved = None  # rank 0 copies each completed checkpoint to the artifact store
     if rank == 0 and args.checkpoint_store:

@@ -17,7 +17,8 @@ from tasks.runner import StageRun
 def run_launched(stage: str, config, nproc: int, max_length: int, inputs: dict[str, Path], out: Path,
                  stage_run: StageRun, gold: str | None = None, feedback_dirs: list[Path] = ()) -> dict[str, float]:
     """torchrun `nproc` processes of `tasks.launched` on this node; returns rank 0's metrics. The stage run's id
-    and tracking URI go down on the command line so rank 0 logs into the same MLflow run; the stage's checkpoint
+    goes down on the command line and the tracking URI (which may hold credentials) in the environment, so rank 0
+    logs into the same MLflow run; the stage's checkpoint
     directory and where it is stored too, so rank 0 copies each checkpoint to the store."""
     side = out.parent / f"{out.name}.launch"
     side.mkdir(parents=True, exist_ok=True)
@@ -25,7 +26,7 @@ def run_launched(stage: str, config, nproc: int, max_length: int, inputs: dict[s
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
            f"--master_port={free_port()}", "-m", "tasks.launched", stage, "--stage-config", str(side / "config.json"),
            "--max-length", str(max_length), "--data", str(inputs["data"]), "--out", str(out),
-           "--result", str(side / "result.json"), "--tracking-uri", stage_run.tracker.uri, "--run-id", stage_run.run_id]
+           "--result", str(side / "result.json"), "--run-id", stage_run.run_id]
     cmd += [f"--{name}={inputs[name]}" for name in ("sft", "reward") if name in inputs] + ([f"--gold={gold}"] if gold else [])
     cmd += [f"--feedback={d}" for d in feedback_dirs]
     if stage_run.partial is not None:
@@ -33,7 +34,8 @@ def run_launched(stage: str, config, nproc: int, max_length: int, inputs: dict[s
         cmd += [f"--checkpoints={partial.local}", f"--checkpoint-store={partial.store.root}",
                 f"--cache-key={partial.key}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+                            env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+                                 "MLFLOW_TRACKING_URI": stage_run.tracker.uri})  # by env: argv is public (ps)
     try:
         output, _ = proc.communicate()
     except BaseException:

@@ -6,6 +6,7 @@ from importlib.metadata import version
 
 from mlflow.exceptions import MlflowException
 
+from components.io.locks import file_lock, lock_dir
 from tasks.output import StageOutput
 from tasks.runner import RunContext
 
@@ -49,13 +50,37 @@ def register_policy(ctx: RunContext, policy: StageOutput, name: str, alias: str,
             "metrics are in the rlhf.gate.* and metric.* tags."),
             tags={"rlhf.pipeline_run_id": pipeline, "rlhf.uri": policy.uri, "rlhf.fingerprint": policy.fingerprint,
                   "rlhf.stage": policy.stage, "rlhf.algorithm": algorithm})
+        mv = _first_of_run(client, name, run_id, mv)
     client.set_registered_model_alias(name, alias, mv.version)
     ctx.tracker.tag(ctx.parent_run_id, {"rlhf.registered_model": f"{name}/{mv.version}@{alias}"})
     return mv.version
 
 
-def set_alias(ctx: RunContext, name: str, alias: str, version: str) -> None:
-    ctx.tracker.client.set_registered_model_alias(name, alias, version)
+def _first_of_run(client, name: str, run_id: str, mine):
+    """Two pipelines registering the same output at once both create a version (the registry has no conditional
+    create); each then keeps the lowest version of the run and the other one's is deleted, so one remains."""
+    versions = sorted(client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"),
+                      key=lambda v: int(v.version))
+    if versions and versions[0].version != mine.version:
+        client.delete_model_version(name, mine.version)
+        return versions[0]
+    return mine
+
+
+def set_alias_if(ctx: RunContext, name: str, alias: str, version: str, expected_fingerprint: str | None) -> bool:
+    """Point `alias` at `version` only if it still holds the output with `expected_fingerprint` (None: no version
+    holds it), as the gate saw it; False, and nothing moved, when another pipeline moved it since. MLflow has no
+    compare-and-set: the check and the move run under a lock on this machine."""
+    client = ctx.tracker.client
+    with file_lock(lock_dir(ctx.store.root) / f"alias-{name}-{alias}.lock", f"the {alias} alias of {name}"):
+        try:
+            current = client.get_model_version_by_alias(name, alias).tags.get("rlhf.fingerprint")
+        except MlflowException:
+            current = None
+        if current != expected_fingerprint:
+            return False
+        client.set_registered_model_alias(name, alias, version)
+        return True
 
 
 def record_decision(ctx: RunContext, name: str, version: str, metric: str, decision: dict) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from components.compute.memory import PeakRSS
+from components.io.locks import file_lock, lock_dir
 from components.io.partial import PartialCheckpoints
 from components.io.store import ArtifactStore, StoreError, describe
 from tasks.output import StageOutput, cache_key
@@ -74,13 +75,29 @@ def execute(stage: str, version: str, config: Any, parents: dict[str, StageOutpu
     config_hash = _hash(config, extra_hash)
     fingerprints = {name: out.fingerprint for name, out in parents.items()}
     key = cache_key(stage, version, config_hash, fingerprints)
-    if stage not in ctx.force:
-        marker = ctx.store.verified(stage, key)
-        if marker is not None:
-            log.info("== %s: cached (%s)", stage, ctx.store.uri(stage, key))
-            ctx.tracker.tag(ctx.parent_run_id, {f"stage.{stage}": "cached",
-                                                f"stage.{stage}.run_id": marker.get("mlflow_run_id") or ""})
-            return _output(ctx.store, marker, cached=True)
+    if stage not in ctx.force and (stored := _cached(stage, key, ctx)):
+        return stored
+    # one writer per output: a second pipeline needing it waits here, then reuses what the first one stored
+    with file_lock(lock_dir(ctx.store.root) / f"{stage}-{key}.lock", f"{stage} output {key}"):
+        if stage not in ctx.force and (stored := _cached(stage, key, ctx)):
+            return stored
+        return _run(stage, version, config, config_hash, parents, key, compute, ctx, extra_hash)
+
+
+def _cached(stage: str, key: str, ctx: RunContext) -> StageOutput | None:
+    marker = ctx.store.verified(stage, key)
+    if marker is None:
+        return None
+    log.info("== %s: cached (%s)", stage, ctx.store.uri(stage, key))
+    ctx.tracker.tag(ctx.parent_run_id, {f"stage.{stage}": "cached",
+                                        f"stage.{stage}.run_id": marker.get("mlflow_run_id") or ""})
+    return _output(ctx.store, marker, cached=True)
+
+
+def _run(stage: str, version: str, config: Any, config_hash: str, parents: dict[str, StageOutput], key: str,
+         compute: Compute, ctx: RunContext, extra_hash: dict[str, Any] | None) -> StageOutput:
+    """Compute (or, when a finished output waits unstored, just store) the output (stage, key); holds its lock."""
+    fingerprints = {name: out.fingerprint for name, out in parents.items()}
     work = ctx.work_dir / stage / key
     finished = work.with_name(f"{key}.finished.json")  # the output in `work` is complete and not yet stored
     partial = PartialCheckpoints(ctx.store, stage, key, ctx.work_dir / "_partial" / stage / key)

@@ -223,6 +223,7 @@ def gate_task(evaluation: StageOutput, policies: dict[str, StageOutput], champio
                       promotion.min_win_rate_vs_sft if promotion.require_beating_sft else None)
     return {"promote": decision.promote, "algorithm": algorithm, "reason": "; ".join(filter(None, [why, decision.reason])),
             "candidate": decision.candidate, "champion": decision.champion,
+            "champion_fingerprint": champion.fingerprint if champion else None,  # what the gate compared against
             "metrics": {k: v for k, v in evaluation.metrics.items() if k in KEY_METRICS}}
 
 
@@ -230,13 +231,15 @@ def gate_task(evaluation: StageOutput, policies: dict[str, StageOutput], champio
 def promote_task(decision: dict, approved: bool, version: str, model_name: str, metric: str,
                  ctx: RunContext) -> dict:
     """Move `champion` to `version` when the gate said so and (if asked) a person approved; log the decision
-    and its numbers on the pipeline run."""
-    from tasks.registry import record_decision, set_alias
+    and its numbers on the pipeline run. The alias moves only if it still holds the champion the gate compared
+    against: a pipeline that promoted meanwhile is not overruled by numbers measured against its predecessor."""
+    from tasks.registry import record_decision, set_alias_if
 
     promoted = decision["promote"] and approved
-    if promoted:
-        set_alias(ctx, model_name, "champion", version)
     reason = decision["reason"] + ("" if approved or not decision["promote"] else "; not approved")
+    if promoted and not set_alias_if(ctx, model_name, "champion", version, decision["champion_fingerprint"]):
+        promoted = False
+        reason += "; not promoted: another pipeline run moved the champion after this gate compared against it"
     ctx.tracker.tag(ctx.parent_run_id, {"rlhf.promotion": "promoted" if promoted else "kept champion",
                                         "rlhf.promotion.reason": reason})
     numbers = {f"promotion/{k}": float(decision[k]) for k in ("candidate", "champion") if decision.get(k) is not None}

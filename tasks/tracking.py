@@ -16,6 +16,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from components.config.pipeline import POLICY_STAGES
+from components.io.redact import redact
 
 EXPERIMENT_KIND = "mlflow.experimentKind"  # read by the MLflow 3 UI to pick the experiment's default view
 NOTE = "mlflow.note.content"  # a run's description in the MLflow UI
@@ -86,14 +87,14 @@ def default_tracking_uri(state_dir: str | Path) -> str:
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """{"sft": {"lr": 1e-3}} -> {"sft.lr": "0.001"}; lists and None as JSON."""
+    """{"sft": {"lr": 1e-3}} -> {"sft.lr": "0.001"}; lists and None as JSON; credentials in URLs redacted."""
     out: dict[str, str] = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict) and value:
             out.update(flatten(value, name + "."))
         else:
-            out[name] = (value if isinstance(value, str) else json.dumps(value))[:PARAM_LIMIT]
+            out[name] = redact(value if isinstance(value, str) else json.dumps(value))[:PARAM_LIMIT]
     return out
 
 
@@ -115,6 +116,7 @@ class Tracker:
 
         mlflow.set_tracking_uri(uri)  # also the registry; mlflow.transformers.load_model reads it
         self.uri, self.client = uri, MlflowClient(uri)
+        self.shown_uri = redact(uri)  # what is printed and stored: without a user:password inside
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = (found.experiment_id if found else
                               self.client.create_experiment(experiment, artifact_location=artifact_location))
@@ -150,12 +152,12 @@ class Tracker:
     def run_url(self, run_id: str) -> str:
         """The run's page in the MLflow UI (for an http tracking server; else the run's experiment/run ids)."""
         path = f"#/experiments/{self.experiment_id}/runs/{run_id}?{ML_WORKFLOW}"
-        return f"{self.uri.rstrip('/')}/{path}" if self.uri.startswith("http") else path
+        return f"{self.shown_uri.rstrip('/')}/{path}" if self.uri.startswith("http") else path
 
     def key_metrics_url(self) -> str:
         """The experiment's runs table with KEY_METRICS as columns, in the MLflow UI."""
         path = f"#/experiments/{self.experiment_id}/runs?{ML_WORKFLOW}&viewStateShareKey={KEY_VIEW}"
-        return f"{self.uri.rstrip('/')}/{path}" if self.uri.startswith("http") else path
+        return f"{self.shown_uri.rstrip('/')}/{path}" if self.uri.startswith("http") else path
 
     @contextlib.contextmanager
     def system_metrics(self, run_id: str, interval_s: float = 2.0):

@@ -38,7 +38,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         text = _read(Path(path))
         try:
             raw = yaml.safe_load(text) or {}
-            lines = _key_lines(yaml.compose(text))
+            lines = _key_lines(yaml.compose(text), source)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
         if not isinstance(raw, dict):
@@ -64,7 +64,11 @@ def _validated(raw: dict[str, Any], overrides: list[str], source: str, lines: di
 def _read(path: Path) -> str:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    return path.read_text()
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
 
 
 def _assign(raw: dict, key: tuple[str, ...], value: Any, source: str) -> None:
@@ -77,19 +81,23 @@ def _assign(raw: dict, key: tuple[str, ...], value: Any, source: str) -> None:
     node[key[-1]] = value
 
 
-def _key_lines(node: yaml.Node, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
-    """Map each key path of a composed YAML document to its 1-based line."""
+def _key_lines(node: yaml.Node, source: str, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
+    """Map each key path of a composed YAML document to its 1-based line. A key given twice in one mapping is an
+    error (YAML loaders keep the last one silently)."""
     found: dict[tuple[str, ...], int] = {}
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             path = prefix + (str(key_node.value),)
+            if path in found:
+                raise ConfigError(f"{source}:{key_node.start_mark.line + 1}: {'.'.join(path)}: duplicate key (first "
+                                  f"given on line {found[path]})")
             found[path] = key_node.start_mark.line + 1
-            found.update(_key_lines(value_node, path))
+            found.update(_key_lines(value_node, source, path))
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             path = prefix + (str(i),)
             found[path] = item.start_mark.line + 1
-            found.update(_key_lines(item, path))
+            found.update(_key_lines(item, source, path))
     return found
 
 

@@ -11,6 +11,7 @@ from components.dpo.config import DPOConfig
 from components.es.config import ESConfig
 from components.evaluation.config import EvaluationConfig, PromotionConfig
 from components.evaluation.gold import DEMO_GOLD
+from components.io.redact import has_userinfo
 from components.ppo.config import PPOConfig
 from components.reward.config import RewardConfig
 from components.sft.config import SFTConfig
@@ -74,6 +75,16 @@ class PipelineConfig(StrictModel):
                              "(or use score_mean / auto)")
         return self
 
+    @model_validator(mode="after")
+    def _no_credentials(self) -> "PipelineConfig":
+        """A config is stored (MLflow params, config.json, Prefect flow-run parameters): no secrets in it."""
+        for field, value in _strings(self.model_dump(mode="json")):
+            if has_userinfo(value):
+                raise ValueError(f"{field}: credentials inside a URL are not accepted (the config is stored with "
+                                 "every run); give them by environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
+                                 "HF_TOKEN, ~/.netrc)")
+        return self
+
     @field_validator("policies")
     @classmethod
     def _distinct_policies(cls, value: list[str]) -> list[str]:
@@ -111,3 +122,15 @@ class PipelineConfig(StrictModel):
         if self.promotion.metric != "auto":
             return self.promotion.metric
         return "gold_mean" if self.gold_fn else "score_mean"
+
+
+def _strings(value, path: str = ""):
+    """(dotted path, string) of every string in a dumped config."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(v, f"{path}.{k}" if path else k)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _strings(v, f"{path}.{i}")

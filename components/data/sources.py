@@ -47,7 +47,13 @@ def _read_file(local: Path, name: str) -> Rows:
     kind = _SUFFIXES.get(local.suffix)
     if kind is None:
         raise DataError(name, f"unknown file type '{local.suffix}'; use .jsonl, .json, .parquet or .csv")
-    return {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}[kind](local, name)
+    try:
+        return {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}[kind](local, name)
+    except UnicodeDecodeError as exc:  # a binary file, or text in another encoding
+        data = local.read_bytes()
+        bad = data.decode("utf-8", errors="replace").find("\ufffd")
+        line = data.decode("utf-8", errors="replace")[:bad].count("\n") + 1
+        raise DataError(name, f"not UTF-8 text ({exc.reason}); save the file as UTF-8", line) from None
 
 
 def _read_jsonl(local: Path, name: str) -> Rows:
@@ -82,7 +88,10 @@ def _read_csv(local: Path, name: str) -> Rows:
 def _read_parquet(local: Path, name: str) -> Rows:
     import pyarrow.parquet as pq
 
-    rows = pq.read_table(local).to_pylist()
+    try:
+        rows = pq.read_table(local).to_pylist()
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(name, f"not a readable parquet file: {exc}") from None
     return Rows(name, rows, list(range(1, len(rows) + 1)))
 
 

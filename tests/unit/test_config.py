@@ -66,6 +66,29 @@ def test_missing_and_malformed_files(tmp_path):
         load_config(write(tmp_path, "sft: [unclosed\n"))
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(write(tmp_path, "- a\n- b\n"))
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"name: a\nsft:\n  lr: \xff\xfe\n")
+    with pytest.raises(ConfigError, match=rf"^{binary}:3: not UTF-8 text"):
+        load_config(binary)
+
+
+def test_a_key_given_twice_is_an_error_naming_both_lines(tmp_path):
+    path = write(tmp_path, """\
+        sft:
+          lr: 0.1
+          epochs: 1
+          lr: 0.2
+        """)
+    with pytest.raises(ConfigError, match=rf"^{path}:4: sft.lr: duplicate key \(first given on line 2\)"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("field", ["s3_endpoint_url", "output_dir", "ppo.model.name_or_path"])
+def test_credentials_inside_a_url_are_rejected_without_echoing_them(field):
+    with pytest.raises(ConfigError) as error:
+        load_config("configs/tiny.yaml", [f"{field}=http://alice:planted-secret@minio.local:9000"])
+    assert f"{field}: credentials inside a URL are not accepted" in str(error.value)
+    assert "planted-secret" not in str(error.value)
 
 
 def test_every_field_has_a_description():

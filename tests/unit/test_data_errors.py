@@ -27,6 +27,22 @@ def test_malformed_jsonl_line(tmp_path, tokenizer):
         records(path, SFT_FORMATS, tokenizer)
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_file_that_is_not_utf8_names_its_line(tmp_path, suffix):
+    path = tmp_path / f"sft{suffix}"
+    header = b"prompt,completion\n" if suffix == ".csv" else b""
+    path.write_bytes(header + b'{"prompt": "a"}\n' + b"\x89PNG\r\n\x1a\n\x00\xff binary\n")
+    with pytest.raises(DataError, match=rf"^{path}:{2 + bool(header)}: not UTF-8 text"):
+        read_rows(DatasetSource(path=str(path)), "/tmp")
+
+
+def test_a_file_that_is_not_parquet(tmp_path):
+    path = tmp_path / "pref.parquet"
+    path.write_bytes(b"\x00\x01 not parquet" * 8)
+    with pytest.raises(DataError, match=rf"^{path}: not a readable parquet file"):
+        read_rows(DatasetSource(path=str(path)), "/tmp")
+
+
 def test_missing_column(tmp_path, tokenizer):
     path = jsonl(tmp_path / "pref.jsonl", [{"prompt": "a", "chosen": "x", "rejected": "y"},
                                            {"prompt": "a", "chosen": "x", "rejected": ""}])

@@ -1,5 +1,6 @@
-"""An operator's probes, on `rlhf run` as users run it (a real process against a real `prefect server start`, MLflow
-on sqlite, artifacts in S3 over HTTP on moto's server): kill -9 mid-PPO and rerun on a fresh disk."""
+"""An operator's probes, on `rlhf run` as users run it (a real process against a real `prefect server start` or its
+own temporary one, MLflow on sqlite, artifacts in S3 over HTTP on moto's server or on local disk): kill -9 mid-PPO
+and rerun on a fresh disk, SIGTERM and kill -9 of a run on its temporary server, pipelines started at once."""
 from __future__ import annotations
 
 import os
@@ -36,9 +37,9 @@ def env(tmp_path_factory):
     s3.stop()
 
 
-def rlhf(env, state, *args: str) -> subprocess.Popen:
-    """`rlhf run` of the tiny config with its own state dir (a worker's local disk); the store is shared S3."""
-    sets = [f"state_dir={state}", f"output_dir=s3://{BUCKET}/store", *TINY_PPO]
+def rlhf(env, state, *args: str, root: str = f"s3://{BUCKET}/store") -> subprocess.Popen:
+    """`rlhf run` of the tiny config with its own state dir (a worker's local disk); the store by default shared S3."""
+    sets = [f"state_dir={state}", f"output_dir={root}", *TINY_PPO]
     return subprocess.Popen([sys.executable, "-m", "rlhf", "run", "--config", "configs/tiny.yaml", *args,
                              *[a for s in sets for a in ("--set", s)]], cwd=ROOT, env=env[0], text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
@@ -142,3 +143,32 @@ def test_a_run_on_its_temporary_server_stopped_by_a_signal_leaves_no_server_and_
         assert tracker.client.search_runs([tracker.experiment_id], "attributes.status = 'RUNNING'")
         tracker.end_abandoned()  # what the next `rlhf run` does first
     assert not tracker.client.search_runs([tracker.experiment_id], "attributes.status = 'RUNNING'")
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_pipelines_started_at_once_compute_each_output_once_and_register_it_once(env, where):
+    """Three `rlhf run`s on one fresh state dir, 0.5 s apart, each with its own temporary Prefect server and the
+    same new MLflow sqlite file: two with the same config, one with another PPO learning rate. Every run ends
+    well; each stage output is computed once (the others wait for it and reuse it); each policy is one version."""
+    from tasks.tracking import Tracker
+
+    state = env[1] / f"together-{where}"
+    alone = {k: v for k, v in env[0].items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    root = str(state / "artifacts") if where == "local" else f"s3://{BUCKET}/together"
+    seed = ["--set", "sft.seed=11"]  # not cached from the other tests
+    procs = []
+    for extra in ([], [], ["--set", "ppo.lr=3e-5"]):
+        procs.append(rlhf((alone, env[1]), state, *seed, *extra, root=root))
+        time.sleep(0.5)
+    for proc in procs:
+        finish(proc)
+    tracker = Tracker(f"sqlite:///{state}/mlflow.db", "rlhf-tiny")
+    runs = tracker.client.search_runs([tracker.experiment_id], "tags.`rlhf.stage` != ''")
+    computed = [(r.data.tags["rlhf.stage"], r.data.tags["rlhf.cache_key"]) for r in runs]
+    assert len(computed) == len(set(computed)), computed  # no output computed twice
+    assert sorted(s for s, _ in computed) == ["data", "evaluate", "evaluate", "ppo", "ppo", "reward", "sft"]
+    pipelines = tracker.client.search_runs([tracker.experiment_id], "tags.`rlhf.kind` = 'pipeline'")
+    assert len(pipelines) == 3 and {r.info.status for r in pipelines} == {"FINISHED"}
+    versions = tracker.client.search_model_versions("name = 'rlhf-tiny-policy'")
+    assert sorted(v.run_id for v in versions) == sorted({v.run_id for v in versions})  # one version per policy
+    assert {v.run_id for v in versions} == {r.info.run_id for r in runs if r.data.tags["rlhf.stage"] == "ppo"}

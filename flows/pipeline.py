@@ -135,7 +135,7 @@ def summarize(config: PipelineConfig, outputs: dict[str, StageOutput], ctx: RunC
               seconds: float) -> str:
     """The markdown summary of one pipeline run (also printed by `rlhf run`)."""
     lines = [f"# {config.name}: pipeline run `{ctx.parent_run_id}`", "",
-             f"{seconds:.1f}s. MLflow: {ctx.tracker.shown_uri}, experiment `{config.tracking.experiment or config.name}`. "
+             f"{seconds:.1f}s. MLflow: {ctx.tracker.uri}, experiment `{config.tracking.experiment or config.name}`. "
              f"Policy registered as `{config.tracking.model_name or config.name + '-policy'}` version {version} "
              f"(alias `{config.tracking.alias}`). Runs side by side: {ctx.tracker.key_metrics_url()}", "",
              "| stage | cached | output | key metrics |", "|---|---|---|---|"]

@@ -29,7 +29,7 @@ def print_runs(config, n: int) -> None:
     runs = tracker.client.search_runs([tracker.experiment_id], "tags.`rlhf.kind` = 'pipeline'",
                                       order_by=["attributes.start_time DESC"], max_results=n)
     if not runs:
-        print(f"no pipeline runs in experiment {config.tracking.experiment or config.name} at {tracker.shown_uri}")
+        print(f"no pipeline runs in experiment {config.tracking.experiment or config.name} at {tracker.uri}")
         return
     header, rows = comparison(runs)
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]

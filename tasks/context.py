@@ -1,7 +1,6 @@
 """Opening a pipeline run: the artifact store, the MLflow experiment and the run's parent MLflow run."""
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -10,7 +9,6 @@ from prefect.runtime import flow_run
 
 from components.config.pipeline import STAGES, PipelineConfig
 from components.io.locks import file_lock
-from components.io.redact import redact_tree
 from components.io.store import ArtifactStore
 from tasks.runner import RunContext
 from tasks.tracking import Tracker, default_tracking_uri, flatten
@@ -34,7 +32,7 @@ def open_context(config: PipelineConfig, run_name: str, force: set[str]) -> RunC
     parent = tracker.start_run(run_name, flatten(config.model_dump(mode="json")),
                                {"rlhf.pipeline": config.name, "rlhf.kind": "pipeline",
                                 FLOW_RUN: str(flow_run.id or "")})
-    tracker.log_file(parent, "config.json", json.dumps(redact_tree(config.model_dump(mode="json")), indent=1))
+    tracker.log_file(parent, "config.json", config.model_dump_json(indent=1))
     return RunContext(ArtifactStore(config.output_dir, state / "cache"), tracker, parent, state / "work", force)
 
 

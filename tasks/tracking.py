@@ -11,12 +11,12 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from components.config.pipeline import POLICY_STAGES
-from components.io.redact import redact
 
 EXPERIMENT_KIND = "mlflow.experimentKind"  # read by the MLflow 3 UI to pick the experiment's default view
 NOTE = "mlflow.note.content"  # a run's description in the MLflow UI
@@ -86,15 +86,27 @@ def default_tracking_uri(state_dir: str | Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(state_dir).resolve()}/mlflow.db"
 
 
+def without_credentials(uri: str) -> str:
+    """`uri` without a user:password (basic auth in front of a tracking server), which go to MLflow's own
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD instead (unless set): MLflow prints its tracking URI
+    with every run it ends, and child processes (torchrun ranks) inherit the environment, never an argv."""
+    parts = urlsplit(uri)
+    if not parts.username:
+        return uri
+    os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(parts.username))
+    os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(parts.password or ""))
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """{"sft": {"lr": 1e-3}} -> {"sft.lr": "0.001"}; lists and None as JSON; credentials in URLs redacted."""
+    """{"sft": {"lr": 1e-3}} -> {"sft.lr": "0.001"}; lists and None as JSON."""
     out: dict[str, str] = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict) and value:
             out.update(flatten(value, name + "."))
         else:
-            out[name] = redact(value if isinstance(value, str) else json.dumps(value))[:PARAM_LIMIT]
+            out[name] = (value if isinstance(value, str) else json.dumps(value))[:PARAM_LIMIT]
     return out
 
 
@@ -114,9 +126,9 @@ class Tracker:
     def __init__(self, uri: str, experiment: str, artifact_location: str | None = None):
         import mlflow
 
+        uri = without_credentials(uri)
         mlflow.set_tracking_uri(uri)  # also the registry; mlflow.transformers.load_model reads it
         self.uri, self.client = uri, MlflowClient(uri)
-        self.shown_uri = redact(uri)  # what is printed and stored: without a user:password inside
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = (found.experiment_id if found else
                               self.client.create_experiment(experiment, artifact_location=artifact_location))
@@ -152,12 +164,12 @@ class Tracker:
     def run_url(self, run_id: str) -> str:
         """The run's page in the MLflow UI (for an http tracking server; else the run's experiment/run ids)."""
         path = f"#/experiments/{self.experiment_id}/runs/{run_id}?{ML_WORKFLOW}"
-        return f"{self.shown_uri.rstrip('/')}/{path}" if self.uri.startswith("http") else path
+        return f"{self.uri.rstrip('/')}/{path}" if self.uri.startswith("http") else path
 
     def key_metrics_url(self) -> str:
         """The experiment's runs table with KEY_METRICS as columns, in the MLflow UI."""
         path = f"#/experiments/{self.experiment_id}/runs?{ML_WORKFLOW}&viewStateShareKey={KEY_VIEW}"
-        return f"{self.shown_uri.rstrip('/')}/{path}" if self.uri.startswith("http") else path
+        return f"{self.uri.rstrip('/')}/{path}" if self.uri.startswith("http") else path
 
     @contextlib.contextmanager
     def system_metrics(self, run_id: str, interval_s: float = 2.0):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][\w+.-]*://)[^/@\s]+@")
 
@@ -14,14 +13,3 @@ def redact(text: str) -> str:
 
 def has_userinfo(url: str) -> bool:
     return USERINFO.search(url) is not None
-
-
-def redact_tree(value: Any) -> Any:
-    """A JSON-like value (dicts, lists, strings) with every string redacted."""
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {k: redact_tree(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact_tree(v) for v in value]
-    return value

@@ -172,3 +172,46 @@ def test_pipelines_started_at_once_compute_each_output_once_and_register_it_once
     versions = tracker.client.search_model_versions("name = 'rlhf-tiny-policy'")
     assert sorted(v.run_id for v in versions) == sorted({v.run_id for v in versions})  # one version per policy
     assert {v.run_id for v in versions} == {r.info.run_id for r in runs if r.data.tags["rlhf.stage"] == "ppo"}
+
+
+def test_a_secret_in_the_tracking_uri_is_stored_and_printed_nowhere(env):
+    """MLFLOW_TRACKING_URI with a user:password (basic auth in front of an `mlflow server`) and a torchrun stage:
+    after a full pipeline, the planted password is in no file of the state dir, the MLflow server's store and
+    artifacts, the Prefect server's database, the artifact store, nor in the run's output."""
+    import urllib.request
+
+    tmp, port = env[1] / "secret", free_port()
+    tmp.mkdir()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                               f"sqlite:///{tmp}/mlflow.db", "--artifacts-destination", str(tmp / "artifacts"),
+                               "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline, "mlflow server did not start"
+                time.sleep(0.5)
+        secret = "planted-Secret-4711"
+        tracking = {**env[0], "MLFLOW_TRACKING_URI": f"http://alice:{secret}@127.0.0.1:{port}"}
+        out = finish(rlhf((tracking, tmp), tmp / "state", "--set", "sft.seed=17", "--set",
+                          "sft.compute.num_processes=2"))
+        from mlflow.tracking import MlflowClient
+        client = MlflowClient(tracking["MLFLOW_TRACKING_URI"])
+        [pipeline] = client.search_runs([client.get_experiment_by_name("rlhf-tiny").experiment_id],
+                                        "tags.`rlhf.kind` = 'pipeline'")
+        assert f"MLflow: http://127.0.0.1:{port}," in pipeline.data.tags["mlflow.note.content"]  # the summary
+        sft = client.get_run(pipeline.data.tags["stage.sft.run_id"])
+        assert client.get_metric_history(sft.info.run_id, "sft/train/loss")  # rank 0 logged: the URI reached it
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    s3 = boto3.client("s3")
+    objects = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
+    leaks = [k for k in objects if secret.encode() in s3.get_object(Bucket=BUCKET, Key=k)["Body"].read()]
+    leaks += [str(p) for root in (tmp, env[1]) for p in root.rglob("*") if p.is_file() and secret.encode() in
+              p.read_bytes()]
+    assert secret not in out and not leaks

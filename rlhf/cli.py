@@ -15,7 +15,7 @@ import sys
 import traceback
 
 from components.config.loading import load_config
-from components.config.pipeline import POLICY_STAGES, STAGES
+from components.config.pipeline import POLICY_STAGES, STAGES, check_local_models
 from components.errors import RLHFError
 from components.io.redact import redact
 
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         config = load_config(args.config, args.set)
         if args.command == "validate":
+            check_local_models(config)
             print(json.dumps(config.model_dump(mode="json"), indent=2))
             return 0
         os.environ.setdefault("PREFECT_HOME", os.path.abspath(os.path.join(config.state_dir, "prefect")))

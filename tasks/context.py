@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prefect.runtime import flow_run
 
-from components.config.pipeline import STAGES, PipelineConfig
+from components.config.pipeline import STAGES, PipelineConfig, check_local_models
 from components.io.locks import file_lock
 from components.io.store import ArtifactStore
 from tasks.runner import RunContext
@@ -68,7 +68,8 @@ def end_abandoned(tracker: Tracker) -> None:
 def resolve_config(config: PipelineConfig, preset: str | None = None, overrides: list[str] | None = None,
                    feedback_uri: str | None = None) -> PipelineConfig:
     """The config a flow run uses: configs/{preset}.yaml instead of `config` when a preset is named, then the
-    overrides, then a feedback dataset added to `reward.feedback` (the feedback trigger's parameter)."""
+    overrides, then a feedback dataset added to `reward.feedback` (the feedback trigger's parameter). A local
+    model path that does not exist is an error here, before any work."""
     from components.config.loading import load_config, with_overrides
 
     if preset:
@@ -78,6 +79,7 @@ def resolve_config(config: PipelineConfig, preset: str | None = None, overrides:
     if feedback_uri and feedback_uri not in config.reward.feedback:
         config = config.model_copy(update={"reward": config.reward.model_copy(
             update={"feedback": [*config.reward.feedback, feedback_uri]})})
+    check_local_models(config)
     return config
 
 

@@ -36,7 +36,7 @@ def register_policy(ctx: RunContext, policy: StageOutput, name: str, alias: str,
 
         hf_dir = ctx.store.fetch(policy.stage, policy.cache_key)
         with tempfile.TemporaryDirectory() as tmp:
-            model = {"model": AutoModelForCausalLM.from_pretrained(hf_dir), "tokenizer": AutoTokenizer.from_pretrained(hf_dir)}
+            model = {"model": AutoModelForCausalLM.from_pretrained(hf_dir, use_safetensors=True), "tokenizer": AutoTokenizer.from_pretrained(hf_dir)}
             mlflow.transformers.save_model(model, f"{tmp}/model", task="text-generation",
                                            pip_requirements=pip_requirements())
             client.log_artifacts(run_id, f"{tmp}/model", "model")

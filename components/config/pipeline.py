@@ -1,12 +1,14 @@
 """`PipelineConfig`: every stage's config in one typed object (the Prefect UI renders it as a form)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from components.config.base import StrictModel
 from components.data.config import DataConfig
+from components.errors import ConfigError
 from components.dpo.config import DPOConfig
 from components.es.config import ESConfig
 from components.evaluation.config import EvaluationConfig, PromotionConfig
@@ -134,3 +136,19 @@ def _strings(value, path: str = ""):
     elif isinstance(value, list):
         for i, v in enumerate(value):
             yield from _strings(v, f"{path}.{i}")
+
+
+def check_local_models(config: PipelineConfig) -> None:
+    """A ConfigError naming each model or tokenizer field whose local path (absolute, ./, ../, ~, or a .gguf file)
+    does not exist: checked when a run starts, so a typo fails before data prep and DeepSpeed start-up. Hub ids
+    and s3:// dirs are resolved when loaded. Not part of validation: a deployment's config is valid on the machine
+    that registers it even when its paths exist only on the workers."""
+    missing = []
+    for field, value in _strings(config.model_dump(mode="json")):
+        if field.rsplit(".", 1)[-1] not in ("name_or_path", "tokenizer"):
+            continue
+        local = value.startswith(("/", "./", "../", "~")) or value.endswith(".gguf")
+        if local and not Path(value).expanduser().exists():
+            missing.append(f"{field}: {value}")
+    if missing:
+        raise ConfigError("no such file or directory:\n  " + "\n  ".join(missing))

@@ -73,10 +73,11 @@ def _arch_config(arch: ArchSpec, tokenizer, num_labels: int | None):
 
 
 def _from_pretrained(auto_cls, spec: ModelSpec, field: str, cache_dir, **kwargs) -> PreTrainedModel:
+    """Weights from safetensors files only: a pickled `pytorch_model.bin` can run code when loaded."""
     where = resolve(spec.name_or_path, f"{field}.name_or_path", cache_dir)
     try:
         return auto_cls.from_pretrained(where, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
-                                        dtype=torch.float32, **kwargs)
+                                        dtype=torch.float32, use_safetensors=True, **kwargs)
     except Exception as exc:
         raise ModelLoadError(f"{field}.name_or_path: cannot load {spec.name_or_path!r}: {exc}") from exc
 

@@ -133,3 +133,16 @@ def test_lora_has_one_shape_on_every_training_stage():
     config = load_config(None, ["sft.lora.r=4", "reward.lora.r=4", "ppo.lora.r=4", "sft.compute.gradient_checkpointing=true"])
     assert type(config.sft.lora) is type(config.reward.lora) is type(config.ppo.lora)
     assert config.sft.compute.gradient_checkpointing
+
+
+def test_a_missing_local_model_is_named_before_any_work(tmp_path):
+    from components.config.pipeline import check_local_models
+
+    config = load_config("configs/tiny.yaml", [f"ppo.model.name_or_path={tmp_path}/nope", "data.demo.tokenizer=./t.gguf",
+                                               "reward.model.name_or_path=HuggingFaceTB/SmolLM2-135M"])
+    with pytest.raises(ConfigError) as error:  # the hub id is resolved when loaded, not here
+        check_local_models(config)
+    assert str(error.value).splitlines()[1:] == ["  data.demo.tokenizer: ./t.gguf",
+                                                 f"  ppo.model.name_or_path: {tmp_path}/nope"]
+    (tmp_path / "nope").mkdir()
+    check_local_models(load_config("configs/tiny.yaml", [f"ppo.model.name_or_path={tmp_path}/nope"]))

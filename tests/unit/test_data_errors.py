@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from components.data.config import DataConfig, DatasetSource
 from components.data.formats import PREFERENCE_FORMATS, SFT_FORMATS, to_records
@@ -104,6 +105,17 @@ def test_missing_model_path(tokenizer, tmp_path):
     (tmp_path / "weights.bin").write_text("x")
     with pytest.raises(ModelLoadError, match="is a file; expected a save_pretrained directory"):
         causal_lm(ModelSpec(name_or_path=str(tmp_path / "weights.bin")), tokenizer, field="sft.model")
+
+
+def test_pickled_weights_are_not_loaded(tokenizer, tmp_path):
+    """A save_pretrained dir with only pytorch_model.bin (a pickle: loading it can run code) is refused."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=1, vocab_size=len(tokenizer)))
+    model.config.save_pretrained(tmp_path / "pickled")
+    torch.save(model.state_dict(), tmp_path / "pickled" / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match=r"^ppo.model.name_or_path: cannot load .*safetensors"):
+        causal_lm(ModelSpec(name_or_path=str(tmp_path / "pickled")), tokenizer, field="ppo.model")
 
 
 def test_hub_id_offline_fails_with_the_field_named(tokenizer, monkeypatch):

@@ -51,8 +51,9 @@ class TrainingConfig(StrictModel):
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     eval_every: int = Field(50, ge=1, description="Evaluate on held-out data every N optimizer steps.")
     log_every: int = Field(10, ge=1, description="Report training metrics every N optimizer steps.")
-    checkpoint_every: int = Field(0, ge=0, description="Save a resumable checkpoint every N optimizer steps (in the "
-                                  "artifact store, under the stage's `_partial/`); a rerun resumes from it. 0: never.")
+    checkpoint_every: int = Field(100, ge=0, description="Save a resumable checkpoint every N optimizer steps (in "
+                                  "the artifact store, under the stage's `_partial/`, removed once the stage's output "
+                                  "is stored); a rerun resumes from it. 0: never.")
     seed: int = Field(0, description="Seed for init, shuffling and dropout.")
     lora: LoRAConfig | None = Field(None, description="Train LoRA adapters (peft) instead of all weights; the output "
                                     "is the merged model. Same shape as ppo.lora.")

@@ -127,7 +127,9 @@ class PPOConfig(RewardedPolicyConfig):
     nonfinite_rewards: Literal["error", "skip"] = Field("error", description="On a NaN/inf score: stop with an "
                                                                              "error, or drop that sample (counted).")
     ptx_coef: float = Field(0.0, ge=0, description="Weight of an auxiliary SFT loss on SFT data (InstructGPT's ptx).")
-    checkpoint_every: int = Field(0, ge=0, description="Save a resumable checkpoint every N iterations; 0: never.")
+    checkpoint_every: int = Field(25, ge=0, description="Save a resumable checkpoint every N iterations (in the "
+                                  "artifact store, under the stage's `_partial/`, removed once the stage's output is "
+                                  "stored); a rerun resumes from it. 0: never.")
     eval_every: int = Field(10, ge=1, description="Score held-out prompts every N iterations.")
     eval_samples: int = Field(1, ge=1, description="Responses sampled per held-out prompt at each evaluation.")
     log_every: int = Field(1, ge=1, description="Print training metrics every N iterations (the tracker gets every one).")

@@ -1,9 +1,9 @@
 """One Prefect task per stage: typed config + upstream StageOutputs in, one components call, StageOutput out.
 
 Caching is ours (tasks.runner), not Prefect's: a stored output is reused only if it still exists and verifies,
-which a Prefect cache record cannot know. So every task has `cache_policy=NO_CACHE`. Stage tasks have no retries
-(the store's I/O retries with backoff itself); a rerun of the flow resumes a training stage from its stored
-checkpoint and stores a finished but unstored output without training again. The registry tasks, pure I/O, retry.
+which a Prefect cache record cannot know. So every task has `cache_policy=NO_CACHE`. A training task is retried
+once (RESUMING): like a rerun of the flow, the retry resumes from the stage's stored checkpoint, or stores a
+finished output whose upload failed, never starting over. The registry tasks, pure I/O, retry too.
 """
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from prefect.cache_policies import NO_CACHE
 
 from components.data.config import DataConfig
 from components.dpo.config import DPOConfig
+from components.errors import RLHFError
 from components.es.config import ESConfig
 from components.evaluation.config import EvaluationConfig, PromotionConfig
 from components.evaluation.metrics import held_out
+from components.io.store import StoreError
 from components.models.config import ScorerSpec
 from components.ppo.config import PPOConfig
 from components.reward.config import RewardConfig
@@ -28,6 +30,18 @@ from tasks.runner import RunContext, execute, load_output
 from tasks.tracking import KEY_METRICS
 
 VERSIONS = {"data": "1", "sft": "1", "reward": "1", "ppo": "1", "dpo": "1", "es": "1", "evaluate": "2"}
+
+
+def _worth_a_retry(task, task_run, state) -> bool:
+    """Retry a failed training task (the retry resumes from its checkpoint, or stores its finished output) unless
+    the error is the user's input or a store error no retry can fix: retrying those only delays the error."""
+    error = state.data
+    if isinstance(error, StoreError):
+        return not error.permanent
+    return not isinstance(error, RLHFError)
+
+
+RESUMING = {"retries": 1, "retry_delay_seconds": 10, "retry_condition_fn": _worth_a_retry}
 
 
 @task(name="data", version=VERSIONS["data"], cache_policy=NO_CACHE)
@@ -41,7 +55,7 @@ def data_task(config: DataConfig, ctx: RunContext) -> StageOutput:
     return execute("data", VERSIONS["data"], config, {}, compute, ctx)
 
 
-@task(name="sft", version=VERSIONS["sft"], cache_policy=NO_CACHE)
+@task(name="sft", version=VERSIONS["sft"], cache_policy=NO_CACHE, **RESUMING)
 def sft_task(config: SFTConfig, max_length: int, data: StageOutput, ctx: RunContext) -> StageOutput:
     def compute(inputs, out, stage_run):
         if config.compute.num_processes > 1:
@@ -53,7 +67,7 @@ def sft_task(config: SFTConfig, max_length: int, data: StageOutput, ctx: RunCont
     return execute("sft", VERSIONS["sft"], config, {"data": data}, compute, ctx, {"data.max_length": max_length})
 
 
-@task(name="reward", version=VERSIONS["reward"], cache_policy=NO_CACHE)
+@task(name="reward", version=VERSIONS["reward"], cache_policy=NO_CACHE, **RESUMING)
 def reward_task(config: RewardConfig, max_length: int, data: StageOutput, sft: StageOutput,
                 ctx: RunContext) -> StageOutput:
     feedback = {f"feedback{i}": load_output(ctx.store, uri) for i, uri in enumerate(config.feedback)}
@@ -71,7 +85,7 @@ def reward_task(config: RewardConfig, max_length: int, data: StageOutput, sft: S
                    {"data.max_length": max_length})
 
 
-@task(name="ppo", version=VERSIONS["ppo"], cache_policy=NO_CACHE)
+@task(name="ppo", version=VERSIONS["ppo"], cache_policy=NO_CACHE, **RESUMING)
 def ppo_task(config: PPOConfig, max_length: int, gold: str | None, data: StageOutput, sft: StageOutput,
              reward: StageOutput | None, ctx: RunContext) -> StageOutput:
     """PPO (or GRPO, RLOO, REINFORCE++: ppo.advantage) from the SFT model, rewarded by ppo.rewards: the reward
@@ -97,7 +111,7 @@ def ppo_task(config: PPOConfig, max_length: int, gold: str | None, data: StageOu
                    {"data.max_length": max_length, "gold": gold})
 
 
-@task(name="dpo", version=VERSIONS["dpo"], cache_policy=NO_CACHE)
+@task(name="dpo", version=VERSIONS["dpo"], cache_policy=NO_CACHE, **RESUMING)
 def dpo_task(config: DPOConfig, max_length: int, data: StageOutput, sft: StageOutput, ctx: RunContext) -> StageOutput:
     """DPO from the SFT model on the preference pairs (and feedback datasets); the reward model is not an input,
     so changing it never retrains DPO. A rerun after a crash resumes from the stage's last checkpoint."""
@@ -116,7 +130,7 @@ def dpo_task(config: DPOConfig, max_length: int, data: StageOutput, sft: StageOu
                    {"data.max_length": max_length})
 
 
-@task(name="es", version=VERSIONS["es"], cache_policy=NO_CACHE)
+@task(name="es", version=VERSIONS["es"], cache_policy=NO_CACHE, **RESUMING)
 def es_task(config: ESConfig, gold: str | None, data: StageOutput, sft: StageOutput, reward: StageOutput | None,
             ctx: RunContext) -> StageOutput:
     """Evolution strategies from the SFT model on PPO's prompts, rewarded by es.rewards (`reward`: the reward

@@ -35,7 +35,11 @@ PERMANENT = ("NoSuchBucket", "InvalidAccessKeyId", "AccessDenied", "SignatureDoe
 
 
 class StoreError(RLHFError):
-    """The artifact store could not be read or written."""
+    """The artifact store could not be read or written; `permanent` when no retry can fix it."""
+
+    def __init__(self, message: str, permanent: bool = False):
+        super().__init__(message)
+        self.permanent = permanent
 
 
 def describe(local_dir: str | Path) -> dict[str, str]:
@@ -68,7 +72,7 @@ def retry(what: str, fn: Callable[[], T], attempts: int = 7, base_delay: float =
             raise
         except Exception as exc:  # botocore and OSError raise many types; all are retried the same way
             if code := permanent(exc):
-                raise StoreError(f"{what}: {code} (not retried): {exc}") from exc
+                raise StoreError(f"{what}: {code} (not retried): {exc}", permanent=True) from exc
             if attempt == attempts - 1:
                 raise StoreError(f"{what}: failed after {attempts} attempts: {exc}") from exc
             delay = min(base_delay * 2 ** attempt, max_delay)

@@ -40,14 +40,14 @@ def end_abandoned(tracker: Tracker) -> None:
     """Runs that a dead process left RUNNING end now: the MLflow runs FAILED, and the Prefect flow run of each
     (with its task runs still running) Crashed, when this server has it."""
     from prefect import get_client
+    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterState,
+                                                TaskRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
     from prefect.states import Crashed
 
     abandoned = [r.data.tags[FLOW_RUN] for r in tracker.end_abandoned() if r.data.tags.get(FLOW_RUN)]
     if not abandoned:
         return
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterState, \
-        TaskRunFilterStateType
-    from prefect.client.schemas.objects import StateType
 
     with get_client(sync_client=True) as client:
         for flow_run_id in abandoned:

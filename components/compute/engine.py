@@ -1,7 +1,7 @@
 """DeepSpeed in one place: our ComputeConfig -> a DeepSpeed config; process-group start-up with or without a
 launcher; engine creation; checkpoints; gathering ZeRO-3 weights to save a HF directory.
 
-Without a launcher (torchrun / deepspeed), a single process sets RANK=0 WORLD_SIZE=1 itself. The backend is
+Without a launcher (torchrun / deepspeed), a single process starts a 1-process group itself. The backend is
 nccl on CUDA and gloo on CPU, so the same code runs on both.
 """
 from __future__ import annotations
@@ -41,17 +41,20 @@ def is_rank0() -> bool:
 
 
 def init_distributed() -> None:
-    """Start the process group once. A launcher's env vars are used as they are; otherwise a 1-process group."""
+    """Start the process group once. A launcher's env vars are used as they are; otherwise a 1-process group on a
+    free local port, given to torch directly: written into os.environ (MASTER_PORT, WORLD_SIZE), it was inherited by
+    every process this one started later (an `rlhf run` from a test), which then took the stale port for its own."""
     if dist.is_initialized():
         return
-    if "WORLD_SIZE" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(free_port()))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    alone = "WORLD_SIZE" not in os.environ
     if is_rank0():
         log.info("starting DeepSpeed (%s, %s ranks); its first start on a machine compiles ops (1-2 min, cached)",
-                 backend, os.environ["WORLD_SIZE"])
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+                 backend, 1 if alone else os.environ["WORLD_SIZE"])
+    single = {"init_method": f"tcp://127.0.0.1:{free_port()}", "rank": 0, "world_size": 1} if alone else {}
+    if alone:
+        os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine reads it; a child inheriting it changes nothing
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, **single)
 
 
 def ds_config(compute: ComputeConfig, lr: float, weight_decay: float, warmup_steps: int,

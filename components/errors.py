@@ -21,3 +21,12 @@ class DataError(RLHFError):
 
 class ModelLoadError(RLHFError):
     """A model or tokenizer that cannot be found or loaded."""
+
+
+def bad_utf8_line(data: bytes) -> int:
+    """The 1-based line of the first byte sequence in `data` that is not UTF-8 (1 when there is none)."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return data[:exc.start].count(b"\n") + 1
+    return 1

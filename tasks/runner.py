@@ -101,7 +101,7 @@ def _run(stage: str, version: str, config: Any, config_hash: str, parents: dict[
     work = ctx.work_dir / stage / key
     finished = work.with_name(f"{key}.finished.json")  # the output in `work` is complete and not yet stored
     partial = PartialCheckpoints(ctx.store, stage, key, ctx.work_dir / "_partial" / stage / key)
-    meta = _finished(work, finished)
+    meta = _finished(work, finished)  # with "files": the output's sha256s, hashed once (put needs them too)
     if meta is not None:
         log.info("== %s: trained before, not stored yet: storing it (%s)", stage, work)
         run_id = meta["mlflow_run_id"]
@@ -114,9 +114,11 @@ def _run(stage: str, version: str, config: Any, config_hash: str, parents: dict[
     try:
         if meta is None:
             meta = _compute(stage, compute, inputs, work, StageRun(run_id, ctx.tracker, partial), config, ctx)
-            meta.update(version=version, config_hash=config_hash, parents=fingerprints, mlflow_run_id=run_id)
-            finished.write_text(json.dumps({**meta, "files": describe(work)}))
-        marker = ctx.store.put(work, stage, key, meta)
+            meta.update(version=version, config_hash=config_hash, parents=fingerprints, mlflow_run_id=run_id,
+                        files=describe(work))
+            finished.write_text(json.dumps(meta))
+        files = meta.pop("files")
+        marker = ctx.store.put(work, stage, key, meta, files)
     except BaseException:
         ctx.tracker.finish(run_id, ok=False)
         raise
@@ -151,7 +153,7 @@ def _finished(work: Path, finished: Path) -> dict[str, Any] | None:
     if not finished.is_file():
         return None
     meta = json.loads(finished.read_text())
-    if not work.is_dir() or describe(work) != meta.pop("files"):
+    if not work.is_dir() or describe(work) != meta["files"]:
         finished.unlink()
         return None
     return meta

@@ -8,7 +8,7 @@ import yaml
 from pydantic import ValidationError
 
 from components.config.pipeline import PipelineConfig
-from components.errors import ConfigError
+from components.errors import ConfigError, bad_utf8_line
 
 
 def parse_overrides(items: list[str]) -> dict[tuple[str, ...], Any]:
@@ -67,8 +67,8 @@ def _read(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        line = path.read_bytes()[:exc.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+        raise ConfigError(f"{path}:{bad_utf8_line(path.read_bytes())}: not UTF-8 text (byte {exc.start}: "
+                          f"{exc.reason})") from None
 
 
 def _assign(raw: dict, key: tuple[str, ...], value: Any, source: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from components.data.config import DatasetSource
-from components.errors import DataError
+from components.errors import DataError, bad_utf8_line
 from components.io.s3 import download_file
 
 _SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".csv": "csv"}
@@ -50,10 +50,8 @@ def _read_file(local: Path, name: str) -> Rows:
     try:
         return {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}[kind](local, name)
     except UnicodeDecodeError as exc:  # a binary file, or text in another encoding
-        data = local.read_bytes()
-        bad = data.decode("utf-8", errors="replace").find("\ufffd")
-        line = data.decode("utf-8", errors="replace")[:bad].count("\n") + 1
-        raise DataError(name, f"not UTF-8 text ({exc.reason}); save the file as UTF-8", line) from None
+        raise DataError(name, f"not UTF-8 text ({exc.reason}); save the file as UTF-8",
+                        bad_utf8_line(local.read_bytes())) from None
 
 
 def _read_jsonl(local: Path, name: str) -> Rows:

@@ -8,7 +8,6 @@ dies at. `restore()` brings the stored checkpoint back to the local directory of
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -36,7 +35,7 @@ class PartialCheckpoints:
         """Make `local` hold the stored checkpoint (downloading what differs); True when there is one."""
         if not self.store.is_s3:
             return self.local.is_dir() and any(self.local.iterdir())
-        index = self._index()
+        index = self.store._read_json(f"{self.uri}/{INDEX}")
         if index is None:
             return False
         self._stored = True
@@ -78,23 +77,8 @@ class PartialCheckpoints:
     def drop(self) -> None:
         """Remove the checkpoints, stored and local (the stage's output is stored)."""
         if self.store.is_s3 and self._stored:
-            bucket, prefix = split_uri(self.uri)
-            s3 = self.store._s3()
-            s3.delete_object(Bucket=bucket, Key=f"{prefix}/{INDEX}")  # first: a half-dropped checkpoint is none
-            for name in self.store._listing(bucket, prefix):
-                s3.delete_object(Bucket=bucket, Key=f"{prefix}/{name}")
+            self.store._delete_prefix(self.uri, first=INDEX)
         shutil.rmtree(self.local, ignore_errors=True)
-
-    def _index(self) -> dict[str, str] | None:
-        bucket, prefix = split_uri(self.uri)
-        s3 = self.store._s3()
-
-        def get():
-            try:
-                return json.loads(s3.get_object(Bucket=bucket, Key=f"{prefix}/{INDEX}")["Body"].read())
-            except s3.exceptions.NoSuchKey:
-                return None
-        return retry(f"read {self.uri}/{INDEX}", get, self.store.attempts)
 
     def _describe(self) -> dict[str, str]:
         """{relative name: sha256} of the local checkpoint, rehashing only files whose size or mtime changed."""

@@ -97,14 +97,7 @@ class ArtifactStore:
         if not self.is_s3:
             path = Path(self.uri(stage, key)) / MARKER
             return json.loads(path.read_text()) if path.is_file() else None
-        bucket, prefix = split_uri(self.uri(stage, key))
-
-        def get():
-            try:
-                return json.loads(self._s3().get_object(Bucket=bucket, Key=f"{prefix}/{MARKER}")["Body"].read())
-            except self._s3().exceptions.NoSuchKey:
-                return None
-        return retry(f"read {self.uri(stage, key)}/{MARKER}", get, self.attempts)
+        return self._read_json(f"{self.uri(stage, key)}/{MARKER}")
 
     def verified(self, stage: str, key: str) -> dict[str, Any] | None:
         """The marker if the output is complete and every file it lists is present as stored: on S3 with the size
@@ -150,12 +143,14 @@ class ArtifactStore:
         return local
 
     # -- writing -----------------------------------------------------------------------------------------------
-    def put(self, local_dir: str | Path, stage: str, key: str, meta: dict[str, Any]) -> dict[str, Any]:
+    def put(self, local_dir: str | Path, stage: str, key: str, meta: dict[str, Any],
+            files: dict[str, str] | None = None) -> dict[str, Any]:
         """Store `local_dir` as the output (stage, key): files first, then the marker with `meta` and the file
-        list. Returns the marker (its `fingerprint` is the content hash). On local disk `local_dir` is moved
-        into the store; on S3 it is uploaded and left in place."""
+        list (`files`, `describe(local_dir)` when the caller has not hashed them already). Returns the marker (its
+        `fingerprint` is the content hash). On local disk `local_dir` is moved into the store; on S3 it is
+        uploaded and left in place."""
         local_dir = Path(local_dir)
-        files = describe(local_dir)
+        files = files if files is not None else describe(local_dir)
         sizes = {n: (local_dir / n).stat().st_size for n in files}
         marker = {**meta, "stage": stage, "cache_key": key, "files": files, "sizes": sizes,
                   "fingerprint": fingerprint(files)}
@@ -182,13 +177,30 @@ class ArtifactStore:
         if not self.is_s3:
             shutil.rmtree(self.uri(stage, key), ignore_errors=True)
             return
-        bucket, prefix = split_uri(self.uri(stage, key))
+        self._delete_prefix(self.uri(stage, key), first=MARKER)
+
+    # -- S3 plumbing -------------------------------------------------------------------------------------------
+    def _read_json(self, uri: str) -> Any:
+        """The JSON object at an s3:// `uri`, or None when there is none."""
+        bucket, key = split_uri(uri)
         s3 = self._s3()
-        s3.delete_object(Bucket=bucket, Key=f"{prefix}/{MARKER}")
+
+        def get():
+            try:
+                return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+            except s3.exceptions.NoSuchKey:
+                return None
+        return retry(f"read {uri}", get, self.attempts)
+
+    def _delete_prefix(self, uri: str, first: str) -> None:
+        """Delete every object under the s3:// prefix `uri`, `first` (its completion record) before the others, so
+        what is half-deleted never reads as complete."""
+        bucket, prefix = split_uri(uri)
+        s3 = self._s3()
+        s3.delete_object(Bucket=bucket, Key=f"{prefix}/{first}")
         for name in self._listing(bucket, prefix):
             s3.delete_object(Bucket=bucket, Key=f"{prefix}/{name}")
 
-    # -- S3 plumbing -------------------------------------------------------------------------------------------
     def _listing(self, bucket: str, prefix: str) -> dict[str, dict]:
         """{name under prefix: its list_objects_v2 entry (Size, ETag, ...)}."""
         pages = self._s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")

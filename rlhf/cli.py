@@ -18,6 +18,7 @@ from components.config.loading import load_config
 from components.config.pipeline import POLICY_STAGES, STAGES, check_local_models
 from components.errors import RLHFError
 from components.io.redact import redact
+from tasks import termination
 
 log = logging.getLogger("rlhf")
 
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             print_runs(config, args.n)
             return 0
         signal.signal(signal.SIGTERM, _terminated)  # a clean failure: runs marked failed, the server stopped
+        termination.watch()  # and recorded, so a stage stops even where the handler's exception was swallowed
         exporting = args.command == "feedback" and args.action == "export"  # runs no flow
         with contextlib.nullcontext() if exporting else _prefect_api(os.environ["PREFECT_HOME"]):
             if args.command == "feedback":

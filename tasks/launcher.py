@@ -11,6 +11,7 @@ from pathlib import Path
 
 from components.compute.net import free_port
 from components.errors import RLHFError
+from tasks import termination
 from tasks.runner import StageRun
 
 
@@ -37,7 +38,7 @@ def run_launched(stage: str, config, nproc: int, max_length: int, inputs: dict[s
                             env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
                                  "MLFLOW_TRACKING_URI": stage_run.tracker.uri})  # by env: argv is public (ps)
     try:
-        output, _ = proc.communicate()
+        output = _communicate(proc)
     except BaseException:
         os.killpg(proc.pid, signal.SIGKILL)  # the ranks go down with the launcher
         raise
@@ -50,3 +51,12 @@ def run_launched(stage: str, config, nproc: int, max_length: int, inputs: dict[s
         return json.loads((side / "result.json").read_text())
     finally:
         shutil.rmtree(side, ignore_errors=True)
+
+
+def _communicate(proc: subprocess.Popen) -> str:
+    """The launcher's output once it exits; checks for a recorded SIGTERM every second meanwhile."""
+    while True:
+        try:
+            return proc.communicate(timeout=1.0)[0]
+        except subprocess.TimeoutExpired:  # communicate() keeps what it read; calling it again goes on
+            termination.check()

@@ -24,6 +24,7 @@ from components.compute.memory import PeakRSS
 from components.io.locks import file_lock, lock_dir
 from components.io.partial import PartialCheckpoints
 from components.io.store import ArtifactStore, StoreError, describe
+from tasks import termination
 from tasks.output import StageOutput, cache_key
 from tasks.tracking import Tracker, flatten
 
@@ -45,12 +46,24 @@ class StageRun:
 
     @property
     def on_checkpoint(self):
-        """Called after each completed checkpoint: copies it to the store."""
-        return self.partial.save if self.partial else None
+        """Called after each completed checkpoint: copies it to the store (and stops here after a SIGTERM)."""
+        if self.partial is None:
+            return None
+
+        def saved() -> None:
+            self.partial.save()
+            termination.check()
+        return saved
 
     @property
     def on_log(self):
-        return self.tracker.logger(self.run_id)
+        """Logs a training step's metrics into the stage's run (and stops here after a SIGTERM)."""
+        log_metrics = self.tracker.logger(self.run_id)
+
+        def logged(step: int, metrics: dict[str, float]) -> None:
+            termination.check()
+            log_metrics(step, metrics)
+        return logged
 
 
 Compute = Callable[[dict[str, Path], Path, StageRun], dict[str, float]]
@@ -72,6 +85,7 @@ def execute(stage: str, version: str, config: Any, parents: dict[str, StageOutpu
     """Run `compute(inputs, out_dir, stage_run) -> metrics` unless a verified output with the same cache key is
     stored. `inputs` maps upstream names to local directories; `config` (a StrictModel) and `extra_hash`
     (other settings the stage reads, e.g. data.max_length) make up the config hash."""
+    termination.check()
     config_hash = _hash(config, extra_hash)
     fingerprints = {name: out.fingerprint for name, out in parents.items()}
     key = cache_key(stage, version, config_hash, fingerprints)

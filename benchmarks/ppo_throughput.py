@@ -4,6 +4,7 @@ object.
     python benchmarks/ppo_throughput.py [--separate-critic] [--zero-stage N] [--iterations 30]
     python benchmarks/ppo_throughput.py --advantage grpo [--num-generations 4] [--kl-coef 0]
     python benchmarks/ppo_throughput.py --model .rlhf/fixtures/smollm2 [--lora 16] [--precision bf16] [--iterations 5]
+        [--gradient-checkpointing]
 
 The critic-free estimators (`--advantage grpo|rloo|reinforce_pp`) keep the samples per iteration and the minibatch
 shape: batch / num_generations prompts x num_generations samples; they train no value head and, with
@@ -61,6 +62,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--model", help="a save_pretrained causal LM dir: the real-model workload")
     parser.add_argument("--lora", type=int, default=0, help="LoRA rank on the policy (0: full fine-tuning)")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
     parser.add_argument("--advantage", default="gae", choices=("gae", "grpo", "rloo", "reinforce_pp"))
     parser.add_argument("--num-generations", type=int, default=4, help="samples per prompt (critic-free only)")
     parser.add_argument("--kl-coef", type=float, default=0.05, help="0: no reference model is loaded")
@@ -95,7 +97,8 @@ def main() -> None:
         "num_generations": config.num_generations, "kl_coef": config.kl.coef,
         "critic": config.critic if config.uses_critic else None,
         "reference": "copy" if models.reference is not None else "lora base" if config.uses_reference else None,
-        "zero_stage": args.zero_stage, "precision": args.precision, "threads": torch.get_num_threads(),
+        "zero_stage": args.zero_stage, "precision": args.precision,
+        "gradient_checkpointing": args.gradient_checkpointing, "threads": torch.get_num_threads(),
         "iterations": args.iterations,
         "s_per_iter": round(s_per_iter, 4),
         "samples_per_s": round(samples / s_per_iter, 2),
@@ -116,6 +119,11 @@ def estimator(args, samples: int) -> dict:
             "critic": "separate" if args.separate_critic else "value_head", "kl": {"coef": args.kl_coef}}
 
 
+def compute(args) -> dict:
+    return {"zero_stage": args.zero_stage, "micro_batch_size": 8, "precision": args.precision,
+            "gradient_checkpointing": args.gradient_checkpointing}
+
+
 def toy(args):
     """The issue-3 workload: GPT-2 2x128 from a config, word-level vocabulary of 1024, random prompts."""
     from components.models.config import ArchSpec, ModelSpec, ScorerSpec
@@ -123,7 +131,7 @@ def toy(args):
 
     config = PPOConfig(iterations=args.iterations, ppo_epochs=4, num_minibatches=4, lr=1e-5,
                        rollout={"max_new_tokens": 32, "temperature": 1.0, "stop_at_eos": False},
-                       compute={"zero_stage": args.zero_stage, "micro_batch_size": 8, "precision": args.precision}, seed=0,
+                       compute=compute(args), seed=0,
                        lora={"r": args.lora} if args.lora else None, **estimator(args, samples=32))
     arch = ArchSpec(type="gpt2", n_layer=2, hidden_size=128, n_head=4, max_positions=128, dropout=0.0)
     rng = random.Random(0)
@@ -143,7 +151,7 @@ def real_model(args):
     tokenizer = load_tokenizer(args.model)
     config = PPOConfig(iterations=args.iterations, ppo_epochs=2, num_minibatches=2, lr=1e-5,
                        rollout={"max_new_tokens": 24, "temperature": 1.0, "stop_at_eos": False},
-                       compute={"zero_stage": args.zero_stage, "micro_batch_size": 8, "precision": args.precision}, seed=0,
+                       compute=compute(args), seed=0,
                        lora={"r": args.lora, "alpha": 2 * args.lora} if args.lora else None,
                        **estimator(args, samples=16))
     rm_dir = tempfile.mkdtemp(prefix="rm-")  # the model's trunk with a fresh scalar head, as the reward stage starts

@@ -24,7 +24,7 @@ from components.compute.config import ComputeConfig
 from components.compute.net import free_port
 from components.io.atomic import atomic_dir
 from components.models.loading import save_pretrained
-from components.models.precision import autocast, freeze
+from components.models.precision import autocast, freeze, hold_frozen_linears_in_bf16
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,8 @@ def _scheduler(schedule: str, lr: float, warmup_steps: int, total_steps: int) ->
 def initialize(model: torch.nn.Module, config: dict[str, Any]):
     """Wrap `model` in a DeepSpeed engine (the process group must be started)."""
     init_distributed()
+    if config.get("torch_autocast", {}).get("enabled") and config["zero_optimization"]["stage"] != 3:
+        hold_frozen_linears_in_bf16(model)  # a LoRA base: the same forwards under autocast, ~half its memory
     params = [p for p in model.parameters() if p.requires_grad]
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=config)
     if world()[1] == 1 and engine.zero_optimization_stage() == 0:

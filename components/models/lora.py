@@ -36,7 +36,13 @@ def apply_lora(model: nn.Module, lora: LoRAConfig | None, task_type: str) -> nn.
 def merged(model: nn.Module) -> nn.Module:
     """A plain transformers model: LoRA adapters merged into a copy (the training model is left as it is)."""
     if hasattr(model, "merge_and_unload"):
-        return copy.deepcopy(model).merge_and_unload()
+        import torch
+
+        model = copy.deepcopy(model)
+        for param in model.parameters():  # a base held in bf16 for training (precision.hold_frozen_linears_in_bf16)
+            if param.dtype == torch.bfloat16:  # merges and is saved in fp32, as it was loaded
+                param.data = param.data.float()
+        return model.merge_and_unload()
     return model
 
 

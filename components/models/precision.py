@@ -33,23 +33,33 @@ def fp32_head(layer: nn.Module | None) -> None:
 
 
 def freeze(model: nn.Module, precision: str) -> nn.Module:
-    """A no-grad model; under bf16 its linear layers (nn.Linear, GPT-2's Conv1D) are held in bf16, exactly what
-    autocast casts a trained model's fp32 weights to, while embeddings, norms and fp32 heads keep fp32. Run under
+    """A no-grad model; under bf16 its linear layers are held in bf16 (`hold_frozen_linears_in_bf16`): run under
     `autocast`, a frozen copy of the policy then computes what the policy computes (the KL at step 0 is 0, not bf16
     noise) in ~60% of the memory of an fp32 copy."""
-    from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
-
     model.requires_grad_(False)
     if precision == "bf16":
-        for module in model.modules():
-            if type(module) in (nn.Linear, Conv1D):
-                module.to(torch.bfloat16)
+        hold_frozen_linears_in_bf16(model)
+    return model
+
+
+def hold_frozen_linears_in_bf16(model: nn.Module) -> bool:
+    """Hold the weights of `model`'s frozen linear layers (nn.Linear, GPT-2's Conv1D; not fp32 heads) in bf16:
+    exactly what autocast casts fp32 weights to at each use, so forwards under autocast do not change; embeddings,
+    norms and trainable layers keep fp32. Frozen models, and a LoRA model's base (the adapters stay fp32 and
+    trainable). Returns whether any layer was cast."""
+    from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
+
+    frozen = [m for m in model.modules() if type(m) in (nn.Linear, Conv1D)
+              and not any(p.requires_grad for p in m.parameters())]
+    for module in frozen:
+        module.to(torch.bfloat16)
+    if frozen:
         # from_pretrained maps the checkpoint file and its tensors are views of that map: the fp32 tensors left
         # would keep the whole file mapped, and the pages the cast read resident (~540 MB on SmolLM2). Own copies.
         for tensor in [*model.parameters(), *model.buffers()]:
             if tensor.dtype == torch.float32:
                 tensor.data = tensor.data.clone()
-    return model
+    return bool(frozen)
 
 
 def autocast(precision: str, device: torch.device | str = "cpu"):

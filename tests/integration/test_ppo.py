@@ -158,6 +158,42 @@ def test_lora_trains_only_adapters_and_uses_the_base_as_reference(demo_data, sft
     assert any("lora_" in n for n in changed)
 
 
+def test_lora_in_bf16_holds_its_frozen_base_in_bf16_with_the_same_forwards(demo_data, sft_run, tmp_path):
+    """compute.precision bf16 with LoRA: the engine holds the frozen base's Linear weights in bf16 (what autocast
+    casts them to anyway), the adapters and value head stay fp32 and trainable; the forward under autocast is
+    bit-identical to an fp32-held base's, the base still plays the reference exactly (ratio 1, KL 0 at step 0), and
+    the saved policy is merged in fp32."""
+    from components.models.lora import merged
+    from components.ppo.api import build_models, encode_prompts
+    from components.ppo.trainer import PPOTrainer
+
+    tok = load_data_tokenizer(demo_data.path)
+    config = PPOConfig(**{**TINY, "lora": {"r": 4, "alpha": 8}, "compute": {"micro_batch_size": 2,
+                                                                            "precision": "bf16"}})
+    texts = _prompts(demo_data, 8)
+    prompts = encode_prompts(tok, texts, 12, 128)
+    models = build_models(config, tok, _spec(sft_run[0]), None)
+    actor = models.actor.module
+    dtypes = {n: p.dtype for n, p in actor.named_parameters()}
+    assert {d for n, d in dtypes.items() if n.endswith("base_layer.weight")} == {torch.bfloat16}
+    assert {d for n, d in dtypes.items() if "lora_" in n or n.startswith("v_head") or "wte" in n} == {torch.float32}
+    reference = build_models(config.model_copy(update={"compute": config.compute.model_copy(
+        update={"precision": "fp32"})}), tok, _spec(sft_run[0]), None).actor.module  # the same init, base in fp32
+    assert {p.dtype for p in reference.parameters()} == {torch.float32}
+    ids = torch.tensor([prompts[0] + prompts[1][:4]])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for a, b in zip(actor(ids, torch.ones_like(ids), 6), reference(ids, torch.ones_like(ids), 6)):
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+    trainer = PPOTrainer(config, models, tok, prompts, texts, [RewardTerm("gold", 1.0, gold_scores)])
+    batch, _ = trainer.rollout_and_score(prompts, texts)
+    m = batch.response_mask
+    torch.testing.assert_close(batch.logprobs * m, batch.ref_logprobs * m, atol=0, rtol=0)
+    trainer.step()
+    saved = merged(actor.lm)
+    assert {p.dtype for p in saved.parameters()} == {torch.float32} and not hasattr(saved, "peft_config")
+
+
 def test_bad_rewards_and_prompts_fail_clearly(demo_data, sft_run):
     tok = load_data_tokenizer(demo_data.path)
     prompts = _prompts(demo_data, 16)

@@ -184,7 +184,10 @@ def save_checkpoint(engine, ckpt_dir: str | Path, tag: str, client_state: dict[s
     """Engine state (weights, optimizer, scheduler), this rank's RNG states, and our `client_state`
     (e.g. iteration, data position, KL controller) as `tag`; older tags are removed once every rank has
     written this one (only the latest is ever resumed)."""
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={**(client_state or {}), "rng": rng_state()})
+    # frozen parameters (a LoRA base: ~540 MB on SmolLM2) are left out: a resume rebuilds them from the stage's
+    # input model, as the first start did (ZeRO-3 keeps them: its frozen shards are saved as fragments)
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={**(client_state or {}), "rng": rng_state()},
+                           exclude_frozen_parameters=engine.zero_optimization_stage() != 3)
     if dist.is_initialized():
         dist.barrier()
     if is_rank0():
@@ -193,9 +196,19 @@ def save_checkpoint(engine, ckpt_dir: str | Path, tag: str, client_state: dict[s
                 shutil.rmtree(old, ignore_errors=True)
 
 
+def _load_all_but_frozen(src: dict[str, torch.Tensor], dst: torch.nn.Module) -> None:
+    """Load a checkpoint's module state: every key but frozen parameters must be there, and nothing else."""
+    frozen = {name for name, p in dst.named_parameters() if not p.requires_grad}
+    result = dst.load_state_dict(src, strict=False)
+    missing = sorted(set(result.missing_keys) - frozen)
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"checkpoint does not fit the model: missing {missing[:5]}, "
+                           f"unexpected {list(result.unexpected_keys)[:5]}")
+
+
 def load_checkpoint(engine, ckpt_dir: str | Path, tag: str | None = None) -> dict[str, Any]:
     """Restore a checkpoint written by `save_checkpoint`, RNG states included; returns its client_state."""
-    path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag, custom_load_fn=_load_all_but_frozen)
     if path is None:
         raise FileNotFoundError(f"{ckpt_dir}: no DeepSpeed checkpoint (tag {tag or 'latest'})")
     set_rng_state(client_state.pop("rng"))

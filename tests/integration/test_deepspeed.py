@@ -1,4 +1,5 @@
 """The DeepSpeed module: ZeRO stages agree, checkpoints resume exactly."""
+import pytest
 import torch
 
 from components.compute import engine as ds
@@ -6,6 +7,7 @@ from components.compute.config import ComputeConfig
 from components.config.loading import load_config
 from components.data.prepare import load_data_tokenizer, read_split
 from components.models.loading import causal_lm
+from components.models.lora import LoRAConfig, apply_lora
 from components.sft.data import collate, encode, token_nll
 from components.sft.train import run
 
@@ -26,9 +28,9 @@ def test_zero_stage_0_and_3_give_the_same_losses(demo_data, tmp_path):
     assert max(abs(a - b) for a, b in zip(zero0, zero3)) < 1e-4
 
 
-def _engine(demo_data, tokenizer):
+def _engine(demo_data, tokenizer, lora: LoRAConfig | None = None):
     torch.manual_seed(0)
-    model = causal_lm(load_config().sft.model, tokenizer, field="sft.model")
+    model = apply_lora(causal_lm(load_config().sft.model, tokenizer, field="sft.model"), lora, "CAUSAL_LM")
     return ds.initialize(model, ds.ds_config(ComputeConfig(micro_batch_size=8), 1e-3, 0.0, 2, 10))
 
 
@@ -41,18 +43,25 @@ def _step(engine, batch) -> float:
     return loss.item()
 
 
-def test_checkpoint_resumes_exactly(demo_data, tmp_path):
+@pytest.mark.parametrize("lora", [None, LoRAConfig(r=4, alpha=8)], ids=["full", "lora"])
+def test_checkpoint_resumes_exactly(demo_data, tmp_path, lora):
+    """With LoRA the checkpoint holds the adapters and their optimizer state, not the frozen base (rebuilt from
+    the input model on resume), and resumes as exactly as a full one."""
     tokenizer = load_data_tokenizer(demo_data.path)
     rows = read_split(demo_data.path, "sft_train")[:32]
     batches = [collate([encode(tokenizer, r["prompt"], r["completion"], 64) for r in rows[i:i + 8]], 0)
                for i in range(0, 32, 8)]
-    first = _engine(demo_data, tokenizer)
+    first = _engine(demo_data, tokenizer, lora)
     for b in batches[:2]:
         _step(first, b)
     ds.save_checkpoint(first, tmp_path / "ckpt", tag="step2", client_state={"data_position": 2})
     expected = [_step(first, b) for b in batches[2:]]
+    saved = torch.load(next((tmp_path / "ckpt" / "step2").glob("mp_rank_*")), weights_only=False)["module"]
+    frozen = {n for n, p in first.module.named_parameters() if not p.requires_grad}
+    trained = {n for n, p in first.module.named_parameters() if p.requires_grad}
+    assert trained <= set(saved) and not frozen & set(saved) and bool(frozen) == (lora is not None)
 
-    resumed = _engine(demo_data, tokenizer)
+    resumed = _engine(demo_data, tokenizer, lora)
     state = ds.load_checkpoint(resumed, tmp_path / "ckpt")
     assert state["data_position"] == 2 and resumed.global_steps == 2
     assert [_step(resumed, b) for b in batches[2:]] == expected

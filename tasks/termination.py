@@ -17,11 +17,16 @@ import signal
 import threading
 
 _received: int | None = None
+_watching = False
 
 
 def watch() -> None:
     """Record SIGTERM from now on (main thread only; a Python-level SIGTERM handler must be installed too, since
-    the interpreter writes the wakeup fd only for signals it handles)."""
+    the interpreter writes the wakeup fd only for signals it handles). Once per process."""
+    global _watching
+    if _watching:
+        return
+    _watching = True
     read, write = os.pipe()
     os.set_blocking(write, False)
     signal.set_wakeup_fd(write, warn_on_full_buffer=False)

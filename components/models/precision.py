@@ -42,11 +42,11 @@ def freeze(model: nn.Module, precision: str) -> nn.Module:
     return model
 
 
-def hold_frozen_linears_in_bf16(model: nn.Module) -> bool:
+def hold_frozen_linears_in_bf16(model: nn.Module) -> None:
     """Hold the weights of `model`'s frozen linear layers (nn.Linear, GPT-2's Conv1D; not fp32 heads) in bf16:
     exactly what autocast casts fp32 weights to at each use, so forwards under autocast do not change; embeddings,
     norms and trainable layers keep fp32. Frozen models, and a LoRA model's base (the adapters stay fp32 and
-    trainable). Returns whether any layer was cast."""
+    trainable)."""
     from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
 
     frozen = [m for m in model.modules() if type(m) in (nn.Linear, Conv1D)
@@ -59,7 +59,6 @@ def hold_frozen_linears_in_bf16(model: nn.Module) -> bool:
         for tensor in [*model.parameters(), *model.buffers()]:
             if tensor.dtype == torch.float32:
                 tensor.data = tensor.data.clone()
-    return bool(frozen)
 
 
 def autocast(precision: str, device: torch.device | str = "cpu"):

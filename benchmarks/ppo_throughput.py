@@ -169,7 +169,7 @@ def measure_floor(trainer, repeats: int = 5) -> dict[str, float]:
     from components.compute.engine import for_generation
     from components.models.precision import autocast
     from components.ppo.models import response_logprobs, response_values
-    from components.ppo.rollout import left_pad
+    from components.ppo.rollout import left_pad, sampling_processors
     from components.reward.scoring import right_align
 
     models, tok, c = trainer.models, trainer.tokenizer, trainer.config
@@ -182,7 +182,8 @@ def measure_floor(trainer, repeats: int = 5) -> dict[str, float]:
         t0 = time.perf_counter()
         with torch.no_grad(), for_generation(models.actor) as actor:
             out = actor.lm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
-                                    do_sample=True, top_k=0, eos_token_id=None, pad_token_id=tok.pad_token_id)
+                                    do_sample=False, logits_processor=sampling_processors(c.rollout),
+                                    eos_token_id=None, pad_token_id=tok.pad_token_id)
         t1 = time.perf_counter()
         full_mask = torch.cat([mask, torch.ones(len(ids), new, dtype=mask.dtype)], 1)
         with torch.no_grad(), autocast(c.compute.precision):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from components.ppo.config import RolloutConfig
 from components.models.forward import inner_model
@@ -73,6 +74,29 @@ def _response_mask(tokens: torch.Tensor, eos_id: int, stop_at_eos: bool) -> tupl
     return (~after_eos).long(), is_eos.any(1)
 
 
+class InverseCDFSample(LogitsProcessor):
+    """Draws the next token from softmax(scores) by inverse transform sampling (one uniform per row and a search
+    in the cumulative distribution) and leaves only that token's score finite, so greedy decoding picks it. The
+    same distribution as `generate(do_sample=True)`, whose `torch.multinomial` draws an exponential variate for
+    every vocabulary entry: 17 ms per step for 16 x 49k on this CPU, against 0.5 ms here."""
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        cdf = torch.softmax(scores.float(), -1).cumsum(-1)  # (B, V)
+        u = torch.rand(cdf.size(0), 1, device=cdf.device) * cdf[:, -1:]  # (B, 1), below the rounded total
+        token = torch.searchsorted(cdf, u, right=True).clamp(max=cdf.size(1) - 1)  # first entry with cdf > u
+        return torch.full_like(scores, float("-inf")).scatter_(1, token, 0.0)
+
+
+def sampling_processors(config: RolloutConfig) -> LogitsProcessorList:
+    """HF's warpers for `config` (as `generate` adds them when sampling), then the draw; empty for greedy."""
+    if config.temperature == 0:
+        return LogitsProcessorList()
+    warpers = [TemperatureLogitsWarper(config.temperature)] if config.temperature != 1.0 else []
+    warpers += [TopKLogitsWarper(config.top_k)] if config.top_k else []
+    warpers += [TopPLogitsWarper(config.top_p)] if config.top_p < 1.0 else []
+    return LogitsProcessorList([*warpers, InverseCDFSample()])
+
+
 @torch.no_grad()
 def rollout(actor: Actor, lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, config: RolloutConfig,
             tokenizer, old_logprobs: bool = True) -> Rollout:
@@ -85,11 +109,9 @@ def rollout(actor: Actor, lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tenso
     if actor.v_head is not None and old_logprobs:
         trunk = inner_model(lm).base_model
         hook = trunk.register_forward_hook(lambda m, a, out: trunk_out.append(out.last_hidden_state[:, -1]))
-    sample = config.temperature > 0
-    try:
+    try:  # sampling is done by `sampling_processors`, so generate decodes greedily
         out = lm.generate(input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=config.max_new_tokens,
-                          do_sample=sample, temperature=config.temperature if sample else None,
-                          top_k=config.top_k if sample else None, top_p=config.top_p if sample else None,
+                          do_sample=False, logits_processor=sampling_processors(config),
                           eos_token_id=tokenizer.eos_token_id if config.stop_at_eos else None,
                           pad_token_id=tokenizer.pad_token_id, output_logits=old_logprobs, return_dict_in_generate=True,
                           use_cache=True)

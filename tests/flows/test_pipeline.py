@@ -177,7 +177,10 @@ def test_ppo_and_dpo_from_one_sft_model_side_by_side(env, first):
     assert "frontier.png" in {a.path.split("/")[-1] for a in client.list_artifacts(evaluation.info.run_id, "report")}
     version = client.get_model_version_by_alias("rlhf-tiny-policy", "candidate")
     assert version.tags["rlhf.algorithm"] == chosen and version.run_id == both[chosen].mlflow_run_id
-    assert f"{chosen} chosen by gold_mean" in version.tags["rlhf.gate.reason"]
+    pipeline_run = client.get_run(evaluation.data.tags["mlflow.parentRunId"])
+    assert f"{chosen} chosen by gold_mean" in pipeline_run.data.tags["rlhf.promotion.reason"]
+    if chosen == "dpo":  # a new version records its gate's decision (the champion PPO keeps the one it was promoted by)
+        assert f"{chosen} chosen by gold_mean" in version.tags["rlhf.gate.reason"]
     # the champion (the first PPO policy, evaluated again as `ppo`) was weighed: the margin kept it
     assert client.get_model_version_by_alias("rlhf-tiny-policy", "champion").run_id == first["ppo"].mlflow_run_id
     # `rlhf runs` puts the two policies' numbers side by side, in columns only the two-policy run fills

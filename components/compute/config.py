@@ -15,10 +15,14 @@ class ComputeConfig(StrictModel):
     zero_stage: Literal[0, 1, 2, 3] = Field(0, description="ZeRO stage: 0 off, 1 optimizer, 2 +gradients, 3 +parameters sharded.")
     offload_optimizer: bool = Field(False, description="Keep optimizer states in CPU memory (ZeRO stage >= 1).")
     offload_param: bool = Field(False, description="Keep parameters in CPU memory (ZeRO stage 3 only).")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: matmuls in bf16 under autocast, with fp32 "
-                                               "master weights, optimizer states and output heads; frozen models "
-                                               "(reference, reward model) hold bf16 linear layers. Needs bf16 "
-                                               "hardware (AVX-512 BF16 / AMX CPUs, Ampere+ GPUs).")
+    precision: Literal["fp32", "bf16", "bf16-true"] = Field("fp32", description="bf16: matmuls in bf16 under autocast, "
+                                                          "with fp32 master weights, optimizer states and output "
+                                                          "heads; frozen models (reference, reward model) hold bf16 "
+                                                          "linear layers. bf16-true: weights, gradients and AdamW "
+                                                          "moments in bf16 (stochastically rounded updates; output "
+                                                          "heads computed in fp32), frozen models wholly bf16: about "
+                                                          "half the memory (ZeRO stage 0). Both need bf16 hardware "
+                                                          "(AVX-512 BF16 / AMX CPUs, Ampere+ GPUs).")
     micro_batch_size: int = Field(16, ge=1, description="Examples per forward pass on each process.")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro batches summed before each optimizer step.")
     gradient_clipping: float = Field(1.0, ge=0.0, description="Clip the global gradient norm to this value; 0 disables.")
@@ -32,11 +36,13 @@ class ComputeConfig(StrictModel):
                                           "a worker's GPUs) held while the stage trains, one slot per process.")
 
     @model_validator(mode="after")
-    def _offload_needs_zero(self) -> "ComputeConfig":
+    def _compatible(self) -> "ComputeConfig":
         if self.offload_param and self.zero_stage != 3:
             raise ValueError(f"offload_param needs zero_stage 3, got zero_stage {self.zero_stage}")
         if self.offload_optimizer and self.zero_stage == 0:
             raise ValueError("offload_optimizer needs zero_stage >= 1")
+        if self.precision == "bf16-true" and self.zero_stage != 0:  # ZeRO's fp32 partitions need DeepSpeed's bf16
+            raise ValueError(f"precision bf16-true needs zero_stage 0, got zero_stage {self.zero_stage}")
         return self
 
 

@@ -22,9 +22,11 @@ import torch.distributed as dist
 
 from components.compute.config import ComputeConfig
 from components.compute.net import free_port
+from components.compute.optim import StochasticRoundingAdamW
 from components.io.atomic import atomic_dir
 from components.models.loading import save_pretrained
-from components.models.precision import autocast, freeze, hold_frozen_linears_in_bf16
+from components.models.precision import (autocast, fp32_head_copies, freeze, hold_frozen_linears_in_bf16,
+                                         parameters_to_bf16)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,8 @@ def ds_config(compute: ComputeConfig, lr: float, weight_decay: float, warmup_ste
     (`schedule="cosine"`) or constant (`"constant"`, which does not depend on the run length, so a run
     can be extended by resuming)."""
     _, world_size = world()
+    true_bf16 = compute.precision == "bf16-true"
+    adamw = {"lr": lr, "weight_decay": weight_decay, "betas": [0.9, 0.95]}
     zero: dict[str, Any] = {"stage": compute.zero_stage}
     if compute.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
@@ -72,12 +76,15 @@ def ds_config(compute: ComputeConfig, lr: float, weight_decay: float, warmup_ste
         "train_micro_batch_size_per_gpu": compute.micro_batch_size,
         "gradient_accumulation_steps": compute.gradient_accumulation_steps,
         "train_batch_size": compute.micro_batch_size * compute.gradient_accumulation_steps * world_size,
-        "gradient_clipping": compute.gradient_clipping,
+        "gradient_clipping": 0.0 if true_bf16 else compute.gradient_clipping,  # bf16-true: in the optimizer's step
         "zero_optimization": zero,
         # bf16: matmuls under torch autocast, fp32 master weights and AdamW states (DeepSpeed's own "bf16" mode keeps
-        # bf16 weights plus fp32 copies: more memory, and on CPU a 3.5x slower step; see components/models/precision)
+        # bf16 weights plus fp32 copies: more memory, and on CPU a 3.5x slower step; see components/models/precision).
+        # bf16-true: bf16 weights and our StochasticRoundingAdamW (`initialize` builds it; DeepSpeed has no such type)
         "torch_autocast": {"enabled": compute.precision == "bf16", "dtype": "bfloat16"},
-        "optimizer": {"type": "AdamW", "params": {"lr": lr, "weight_decay": weight_decay, "betas": [0.9, 0.95]}},
+        "optimizer": ({"type": StochasticRoundingAdamW.__name__,
+                       "params": {**adamw, "max_grad_norm": compute.gradient_clipping}} if true_bf16
+                      else {"type": "AdamW", "params": adamw}),
         "scheduler": _scheduler(schedule, lr, warmup_steps, total_steps),
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
@@ -94,12 +101,18 @@ def _scheduler(schedule: str, lr: float, warmup_steps: int, total_steps: int) ->
 
 
 def initialize(model: torch.nn.Module, config: dict[str, Any]):
-    """Wrap `model` in a DeepSpeed engine (the process group must be started)."""
+    """Wrap `model` in a DeepSpeed engine (the process group must be started). With our StochasticRoundingAdamW
+    as the optimizer type (precision bf16-true) the whole model is cast to bf16 and the optimizer is ours."""
     init_distributed()
     if config.get("torch_autocast", {}).get("enabled") and config["zero_optimization"]["stage"] != 3:
         hold_frozen_linears_in_bf16(model)  # a LoRA base: the same forwards under autocast, ~half its memory
+    optimizer, spec = None, config.get("optimizer", {})
     params = [p for p in model.parameters() if p.requires_grad]
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=config)
+    if spec.get("type") == StochasticRoundingAdamW.__name__:
+        config = {k: v for k, v in config.items() if k != "optimizer"}
+        parameters_to_bf16(model)
+        optimizer = StochasticRoundingAdamW(params, **spec["params"])
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=config, optimizer=optimizer)
     if world()[1] == 1 and engine.zero_optimization_stage() == 0:
         # One process has nothing to all-reduce, yet DeepSpeed still flattens every gradient into buckets and
         # copies it back after each backward (measured: ~0.7 s of a 2 s backward on SmolLM2-135M).
@@ -126,7 +139,7 @@ def inference(model: torch.nn.Module, compute: ComputeConfig):
 def for_generation(engine):
     """The engine's module ready for HF `generate`. Under ZeRO-3 the parameters are gathered once for the whole
     generation and the per-module fetch hooks are removed meanwhile (otherwise every token re-gathers them).
-    Under the engine's bf16 autocast, generation runs under it too."""
+    Under the engine's bf16 autocast, generation runs under it too; bf16 output heads use an fp32 copy."""
     module = getattr(engine, "module", engine)
     precision = "bf16" if getattr(engine, "torch_autocast_enabled", lambda: False)() else "fp32"
     with autocast(precision, next(module.parameters()).device):
@@ -135,7 +148,8 @@ def for_generation(engine):
             with unwrap_model_for_generation(engine) as unwrapped:
                 yield unwrapped.module
         else:
-            yield module
+            with fp32_head_copies(module):  # bf16-true: the LM head cast once, not at every new token
+                yield module
 
 
 @contextlib.contextmanager

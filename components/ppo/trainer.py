@@ -109,8 +109,9 @@ class PPOTrainer:
 
     @property
     def bf16(self) -> bool:
-        """compute.precision bf16: autocast, old log-probs from a training-shaped forward, untrimmed micro batches."""
-        return self.config.compute.precision == "bf16"
+        """compute.precision bf16 or bf16-true: old log-probs from a training-shaped forward, untrimmed micro
+        batches."""
+        return self.config.compute.precision != "fp32"
 
     @torch.no_grad()
     def _training_forward_logprobs(self, batch: Rollout) -> None:

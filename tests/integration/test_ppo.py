@@ -287,3 +287,43 @@ def test_bf16_starts_at_ratio_one_and_zero_kl_and_stays_near_fp32(demo_data, sft
     after = trainer.actor.lm.state_dict()
     assert all(after[k].dtype == torch.float32 for k in before)
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_bf16_true_holds_every_model_in_bf16_and_starts_at_ratio_one_and_zero_kl(demo_data, sft_run, reward_run):
+    """compute.precision bf16-true: policy (and value head), reference and reward model wholly bf16, output heads
+    computed in fp32, moments bf16. At step 0 the update's ratio is exactly 1 and the KL exactly 0; the steps move
+    the bf16 weights (stochastic rounding)."""
+    from components.models.config import ScorerSpec
+    from components.ppo.api import build_models, encode_prompts
+    from components.ppo.losses import logprobs_and_entropy
+    from components.ppo.trainer import PPOTrainer
+
+    tok = load_data_tokenizer(demo_data.path)
+    texts = _prompts(demo_data, 8)
+    prompts = encode_prompts(tok, texts, 12, 128)
+    config = PPOConfig(**{**TINY, "compute": {"micro_batch_size": 2, "precision": "bf16-true"}})
+    models = build_models(config, tok, _spec(sft_run[0]), ScorerSpec(name_or_path=str(reward_run[0])))
+    trainer = PPOTrainer(config, models, tok, prompts, texts, [RewardTerm("reward_model")])
+    assert not models.actor.torch_autocast_enabled()
+    for model in (models.actor.module, models.reference, models.scorer.model):
+        assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    batch, _ = trainer.rollout_and_score(prompts, texts)
+    m = batch.response_mask
+    assert batch.logprobs.dtype == torch.float32 and m.sum() > 0
+    torch.testing.assert_close(batch.logprobs * m, batch.ref_logprobs * m, atol=0, rtol=0)  # KL 0 at step 0
+    with torch.no_grad():
+        part = batch.select(torch.tensor([0, 5]), trim=False)  # a micro batch as the update builds it
+        logits, _ = models.actor(part.input_ids, part.attention_mask, part.n_response)
+        logp = logprobs_and_entropy(logits, part.input_ids[:, -part.n_response:])[0]
+        torch.testing.assert_close(logp * part.response_mask, part.logprobs, atol=0, rtol=0)  # ratio exactly 1
+
+    before = {k: v.clone() for k, v in trainer.actor.lm.state_dict().items()}
+    for _ in range(2):
+        stats = trainer.step()
+        assert all(torch.isfinite(torch.tensor(v)) for v in stats.values()), stats
+    assert stats["policy/approxkl_avg"] < 0.05, stats
+    after = trainer.actor.lm.state_dict()
+    moved = [k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k])]
+    assert len(moved) > 0.9 * sum(p.is_floating_point() for p in before.values()), moved
+    moments = [t for s in models.actor.optimizer.state.values() for k, t in s.items() if k.startswith("exp_avg")]
+    assert moments and {t.dtype for t in moments} == {torch.bfloat16}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from components.config.loading import load_config
 
@@ -136,3 +137,27 @@ def test_es_on_the_real_model_perturbs_lora_adapters(outputs, smol_tokenizer, tm
     assert "eval/gold_mean" in result.metrics and "eval/initial/gold_mean" in result.metrics
     saved = AutoConfig.from_pretrained(tmp_path / "es")
     assert saved.model_type == "llama" and saved.vocab_size == len(smol_tokenizer)
+
+
+def test_full_fine_tune_ppo_in_bf16_true_on_the_real_model(outputs, tmp_path):
+    """compute.precision bf16-true on SmolLM2 without LoRA: policy, reference and reward model held in bf16,
+    the first rollout's KL to the reference exactly 0, every update finite, the weights
+    moved at a full fine-tune's learning rate (stochastic rounding), and the saved policy loads as a llama dir."""
+    from safetensors.torch import load_file
+
+    from components.data.gold import gold_scores
+    from components.ppo import run
+
+    out, _ = outputs
+    config = load_config("configs/smollm2.yaml", [*FEW_STEPS, "ppo.lora=null", "ppo.lr=1e-5",
+                                                  "ppo.compute.precision=bf16-true"])
+    logged = []
+    run(config.ppo, out["data"].uri, tmp_path / "ppo", out["sft"].uri, out["reward"].uri, config.data.max_length,
+        gold_fn=gold_scores, on_log=lambda step, m: logged.append(m))
+    stats = [m for m in logged if "loss/policy_avg" in m]
+    assert len(stats) == 2 and stats[0]["objective/kl"] == 0.0
+    assert all(torch.isfinite(torch.tensor(list(m.values()))).all() for m in stats)
+    sft, ppo = load_file(f"{out['sft'].uri}/model.safetensors"), load_file(str(tmp_path / "ppo" / "model.safetensors"))
+    assert ppo["model.layers.0.mlp.down_proj.weight"].dtype == torch.bfloat16
+    moved = [k for k in sft if not torch.equal(sft[k].to(torch.bfloat16), ppo[k])]
+    assert len(moved) > 0.9 * len(sft), len(moved)

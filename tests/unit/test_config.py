@@ -38,6 +38,9 @@ def test_cross_field_checks_raise(tmp_path):
     path = write(tmp_path, "sft:\n  compute:\n    zero_stage: 2\n    offload_param: true\n")
     with pytest.raises(ConfigError, match=r"sft.compute: Value error, offload_param needs zero_stage 3"):
         load_config(path)
+    with pytest.raises(ConfigError, match=r"ppo.compute: Value error, precision bf16-true needs zero_stage 0, got "
+                                          r"zero_stage 2"):
+        load_config(None, ["ppo.compute.precision=bf16-true", "ppo.compute.zero_stage=2"])
     with pytest.raises(ConfigError, match="max_prompt_length=64 leaves no room under max_length=64"):
         load_config(None, ["data.max_prompt_length=64"])
     with pytest.raises(ConfigError, match="set exactly one of name_or_path or arch"):

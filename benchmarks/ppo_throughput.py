@@ -3,7 +3,7 @@ object.
 
     python benchmarks/ppo_throughput.py [--separate-critic] [--zero-stage N] [--iterations 30]
     python benchmarks/ppo_throughput.py --advantage grpo [--num-generations 4] [--kl-coef 0]
-    python benchmarks/ppo_throughput.py --model .rlhf/fixtures/smollm2 [--lora 16] [--precision bf16] [--iterations 5]
+    python benchmarks/ppo_throughput.py --model .rlhf/fixtures/smollm2 [--lora 16] [--precision bf16|bf16-true] [--iterations 5]
         [--gradient-checkpointing]
 
 The critic-free estimators (`--advantage grpo|rloo|reinforce_pp`) keep the samples per iteration and the minibatch
@@ -18,7 +18,7 @@ exactly 32 new tokens each at temperature 1.0; 4 PPO epochs x 4 minibatches of 8
 floor_s is the sum of the irreducible pieces, timed in this process on the same models: one batched generate,
 the no-grad forwards a rollout needs (reference and reward model, and the critic when it is separate), and 16
 forward+backward+step passes on minibatches of 8 (actor, and critic when separate; `optimizer_step` is the steps'
-share). floor_ratio = s_per_iter / floor_s. With --precision bf16 the rollout also recomputes the old log-probs
+share). floor_ratio = s_per_iter / floor_s. With --precision bf16 (and bf16-true) the rollout also recomputes the old log-probs
 with a training-shaped forward (in `score`), which the floor leaves out.
 
 update_gflop counts one iteration's update (torch's FLOP counter on a minibatch of the first prompts, times
@@ -28,7 +28,7 @@ that against matmul_peak_gflop_per_s, a 1024^3 matmul in the training dtype on t
 With --model DIR (a save_pretrained causal LM, e.g. SmolLM2-135M-Instruct: 30 layers, vocab 49k) the workload is
 the real-model one: policy and reference from DIR, the reward model DIR's trunk with a fresh scalar head; 64
 demo review prompts rendered with DIR's chat template; 16 prompts per iteration, exactly 24 new tokens, 2 PPO
-epochs x 2 minibatches of 8; fp32 unless --precision bf16. peak_rss_mb is the process's peak resident memory.
+epochs x 2 minibatches of 8; fp32 unless --precision bf16 (or bf16-true). peak_rss_mb is the process's peak resident memory.
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--separate-critic", action="store_true", help="critic with its own backbone")
     parser.add_argument("--zero-stage", type=int, default=0, choices=(0, 1, 2, 3))
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "bf16-true"))
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--model", help="a save_pretrained causal LM dir: the real-model workload")
     parser.add_argument("--lora", type=int, default=0, help="LoRA rank on the policy (0: full fine-tuning)")
@@ -251,7 +251,7 @@ def update_flops(trainer) -> float:
 def matmul_peak(precision: str, n: int = 1024, repeats: int = 20) -> float:
     """Measured FLOP/s of an n x n x n matmul in the training dtype on this process's threads: the machine's
     compute ceiling that the update's achieved FLOP/s is set against."""
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):
         a @ b

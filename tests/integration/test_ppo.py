@@ -233,6 +233,16 @@ def test_kl_as_a_loss_term_ptx_and_sampling_options_run(demo_data, sft_run, demo
     assert last["objective/shaped_scores"] != last["objective/scores"]  # normalised
 
 
+def _two_steps(trainer):
+    """Two PPO iterations with finite statistics and a small step; the LM's weights before and after."""
+    before = {k: v.clone() for k, v in trainer.actor.lm.state_dict().items()}
+    for _ in range(2):
+        stats = trainer.step()
+        assert all(torch.isfinite(torch.tensor(v)) for v in stats.values()), stats
+    assert stats["policy/approxkl_avg"] < 0.05, stats
+    return before, trainer.actor.lm.state_dict()
+
+
 def test_bf16_starts_at_ratio_one_and_zero_kl_and_stays_near_fp32(demo_data, sft_run, reward_run):
     """compute.precision bf16: autocast matmuls over fp32 master weights; the reference and reward model hold their
     Linear weights in bf16 (embeddings, norms and output heads fp32). At step 0 the update's ratio is exactly 1 and the
@@ -279,12 +289,7 @@ def test_bf16_starts_at_ratio_one_and_zero_kl_and_stays_near_fp32(demo_data, sft
     assert (logp - fp32.logprobs).abs().sum() / fp32.response_mask.sum() < 0.01
     assert (logp - fp32.logprobs).abs().max() < 0.1
 
-    before = {k: v.clone() for k, v in trainer.actor.lm.state_dict().items()}
-    for _ in range(2):
-        stats = trainer.step()
-        assert all(torch.isfinite(torch.tensor(v)) for v in stats.values()), stats
-    assert stats["policy/approxkl_avg"] < 0.05, stats
-    after = trainer.actor.lm.state_dict()
+    before, after = _two_steps(trainer)
     assert all(after[k].dtype == torch.float32 for k in before)
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
@@ -317,12 +322,7 @@ def test_bf16_true_holds_every_model_in_bf16_and_starts_at_ratio_one_and_zero_kl
         logp = logprobs_and_entropy(logits, part.input_ids[:, -part.n_response:])[0]
         torch.testing.assert_close(logp * part.response_mask, part.logprobs, atol=0, rtol=0)  # ratio exactly 1
 
-    before = {k: v.clone() for k, v in trainer.actor.lm.state_dict().items()}
-    for _ in range(2):
-        stats = trainer.step()
-        assert all(torch.isfinite(torch.tensor(v)) for v in stats.values()), stats
-    assert stats["policy/approxkl_avg"] < 0.05, stats
-    after = trainer.actor.lm.state_dict()
+    before, after = _two_steps(trainer)
     moved = [k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k])]
     assert len(moved) > 0.9 * sum(p.is_floating_point() for p in before.values()), moved
     moments = [t for s in models.actor.optimizer.state.values() for k, t in s.items() if k.startswith("exp_avg")]

@@ -3,8 +3,8 @@ object.
 
     python benchmarks/ppo_throughput.py [--separate-critic] [--zero-stage N] [--iterations 30]
     python benchmarks/ppo_throughput.py --advantage grpo [--num-generations 4] [--kl-coef 0]
-    python benchmarks/ppo_throughput.py --model .rlhf/fixtures/smollm2 [--lora 16] [--precision bf16|bf16-true] [--iterations 5]
-        [--gradient-checkpointing]
+    python benchmarks/ppo_throughput.py --model .rlhf/fixtures/smollm2 [--lora 16] [--precision bf16|bf16-true]
+        [--iterations 5] [--gradient-checkpointing]
 
 The critic-free estimators (`--advantage grpo|rloo|reinforce_pp`) keep the samples per iteration and the minibatch
 shape: batch / num_generations prompts x num_generations samples; they train no value head and, with
@@ -18,8 +18,8 @@ exactly 32 new tokens each at temperature 1.0; 4 PPO epochs x 4 minibatches of 8
 floor_s is the sum of the irreducible pieces, timed in this process on the same models: one batched generate,
 the no-grad forwards a rollout needs (reference and reward model, and the critic when it is separate), and 16
 forward+backward+step passes on minibatches of 8 (actor, and critic when separate; `optimizer_step` is the steps'
-share). floor_ratio = s_per_iter / floor_s. With --precision bf16 (and bf16-true) the rollout also recomputes the old log-probs
-with a training-shaped forward (in `score`), which the floor leaves out.
+share). floor_ratio = s_per_iter / floor_s. With --precision bf16 (and bf16-true) the rollout also recomputes the
+old log-probs with a training-shaped forward (in `score`), which the floor leaves out.
 
 update_gflop counts one iteration's update (torch's FLOP counter on a minibatch of the first prompts, times
 epochs x minibatches); update_gflop_per_s divides it by the median update time and update_fraction_of_peak sets
@@ -28,7 +28,8 @@ that against matmul_peak_gflop_per_s, a 1024^3 matmul in the training dtype on t
 With --model DIR (a save_pretrained causal LM, e.g. SmolLM2-135M-Instruct: 30 layers, vocab 49k) the workload is
 the real-model one: policy and reference from DIR, the reward model DIR's trunk with a fresh scalar head; 64
 demo review prompts rendered with DIR's chat template; 16 prompts per iteration, exactly 24 new tokens, 2 PPO
-epochs x 2 minibatches of 8; fp32 unless --precision bf16 (or bf16-true). peak_rss_mb is the process's peak resident memory.
+epochs x 2 minibatches of 8; fp32 unless --precision bf16 (or bf16-true). peak_rss_mb is the process's peak
+resident memory.
 """
 from __future__ import annotations
 

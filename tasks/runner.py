@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.compute.memory import PeakRSS
+from components.compute.memory import PeakRSS, release_freed
 from components.io.locks import file_lock, lock_dir
 from components.io.partial import PartialCheckpoints
 from components.io.store import ArtifactStore, StoreError, describe
@@ -155,7 +155,10 @@ def _compute(stage: str, compute: Compute, inputs: dict[str, Path], work: Path, 
         ctx.tracker.tag(stage_run.run_id, {"rlhf.resumed_from": stage_run.partial.uri})
     with _slots(getattr(config, "compute", None)), PeakRSS() as memory, ctx.tracker.system_metrics(stage_run.run_id):
         started = time.perf_counter()
-        metrics = compute(inputs, work, stage_run)
+        try:
+            metrics = compute(inputs, work, stage_run)
+        finally:
+            release_freed()  # what the stage freed goes back to the OS, not to the next stage's peak
     stage_stats = {f"{stage}/seconds": time.perf_counter() - started,  # compute only: what overhead is measured on
                    f"{stage}/peak_rss_mb": memory.peak_mb}  # this process and its children (torchrun ranks)
     stage_run.on_log(0, stage_stats)

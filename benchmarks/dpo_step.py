@@ -13,6 +13,7 @@ import json
 import logging
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -34,14 +35,15 @@ def main() -> None:
     config = with_overrides(config, [f"dpo.model={json.dumps(model)}"])
     from components.data.prepare import prepare
     from components.dpo.train import run
+    from components.stage import Hooks, inputs_for
 
     out = tempfile.mkdtemp(prefix="rlhf-bench-dpo-")
     data = prepare(config.data, f"{out}/data").path
     stamps: list[float] = []
     with PeakRSS() as memory:
         start = time.perf_counter()
-        metrics = run(config.dpo, data, f"{out}/dpo", config.data.max_length,
-                      on_log=lambda step, m: stamps.append(time.perf_counter()) if "dpo/train/loss" in m else None)
+        metrics = run(config.dpo, inputs_for("dpo", config, {"data": data}), Path(out, "dpo"), Hooks(
+            on_log=lambda step, m: stamps.append(time.perf_counter()) if "dpo/train/loss" in m else None))
         total = time.perf_counter() - start
     c, per_step = config.dpo.compute, (stamps[-1] - stamps[0]) / max(len(stamps) - 1, 1)
     print(json.dumps({

@@ -41,8 +41,8 @@ def main() -> None:
     from components.es.train import ES
     from components.models.loading import causal_lm, disable_dropout
     from components.models.lora import trainable
-    from components.ppo.api import encode_prompts
-    from components.ppo.rewards import RewardTerm
+    from components.rl.driver import encode_prompts
+    from components.rl.rewards import Reward, RewardTerm
     from components.reward.scoring import load_scorer
 
     setup = argparse.Namespace(model=args.model, separate_critic=False, zero_stage=0, iterations=args.iterations,
@@ -56,12 +56,11 @@ def main() -> None:
     torch.manual_seed(0)
     lm = trainable(disable_dropout(causal_lm(policy, tokenizer, field="es.model")), config.lora, "CAUSAL_LM").eval()
     scorer = load_scorer(scorer_spec, tokenizer, "es.reward_model", seed=2)
-    es = ES(config, lm, tokenizer, scorer, [RewardTerm("reward_model")])
     prompts = encode_prompts(tokenizer, texts, config.rollout.max_new_tokens, lm.config.max_position_embeddings)
+    es = ES(config, lm, tokenizer, Reward([RewardTerm("reward_model")], scorer), prompts, texts)
     per_iter, evaluate, update = [], [], []
-    for it in range(args.iterations):
-        batch = [(it * config.batch_size + k) % len(prompts) for k in range(config.batch_size)]
-        stats = es.step([prompts[i] for i in batch], [texts[i] for i in batch], None)
+    for _ in range(args.iterations):  # batch_size prompts drawn per iteration
+        stats = es.step()
         per_iter.append(stats["time/iteration"])
         evaluate.append(stats["time/evaluate"])
         update.append(stats["time/update"])

@@ -71,8 +71,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     logging.basicConfig(level=logging.WARNING)
-    from components.ppo.api import build_models, encode_prompts
-    from components.ppo.rewards import RewardTerm
+    from components.ppo.api import build_models
+    from components.rl.driver import encode_prompts
+    from components.rl.rewards import RewardTerm
     from components.ppo.trainer import PPOTrainer
 
     config, tokenizer, texts, policy, scorer, workload = (real_model(args) if args.model else toy(args))
@@ -169,8 +170,7 @@ def measure_floor(trainer, repeats: int = 5) -> dict[str, float]:
     generate, the rollout's no-grad forwards, and the update split into forward+backward and optimizer steps."""
     from components.compute.engine import for_generation
     from components.models.precision import autocast
-    from components.ppo.models import response_logprobs, response_values
-    from components.ppo.rollout import left_pad, sampling_processors
+    from components.rl.generation import left_pad, response_logprobs, response_values, sampling_processors
     from components.reward.scoring import right_align
 
     models, tok, c = trainer.models, trainer.tokenizer, trainer.config
@@ -210,7 +210,7 @@ def measure_floor(trainer, repeats: int = 5) -> dict[str, float]:
 def forward_backward(models, input_ids, attention_mask, new: int) -> float:
     """One PPO-shaped training step of the actor (and separate critic) through their engines (so under their
     autocast); returns the seconds spent in optimizer steps."""
-    from components.ppo.models import response_values
+    from components.rl.generation import response_values
 
     models.actor.backward(stand_in_loss(*models.actor(input_ids, attention_mask, new)))
     if models.critic is not None:
@@ -233,7 +233,7 @@ def update_flops(trainer) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from components.models.precision import autocast
-    from components.ppo.rollout import left_pad
+    from components.rl.generation import left_pad
 
     c, tok = trainer.config, trainer.tokenizer
     new, mb = c.rollout.max_new_tokens, c.minibatch_size

@@ -9,6 +9,7 @@ import json
 import logging
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -25,16 +26,18 @@ def main() -> None:
     from components.data.prepare import prepare
     from components.reward.train import run as reward
     from components.sft.train import run as sft
+    from components.stage import Hooks, inputs_for
 
     out, seconds = tempfile.mkdtemp(prefix="rlhf-bench-"), {}
     start = time.perf_counter()
     data = prepare(config.data, f"{out}/data").path
     seconds["data"] = time.perf_counter() - start
     start = time.perf_counter()
-    sft_metrics = sft(config.sft, data, f"{out}/sft", config.data.max_length)
+    sft_metrics = sft(config.sft, inputs_for("sft", config, {"data": data}), Path(out, "sft"), Hooks())
     seconds["sft"] = time.perf_counter() - start
     start = time.perf_counter()
-    rm_metrics = reward(config.reward, data, f"{out}/reward", config.data.max_length, base_model=f"{out}/sft")
+    rm_metrics = reward(config.reward, inputs_for("reward", config, {"data": data, "sft": Path(out, "sft")}),
+                        Path(out, "reward"), Hooks())
     seconds["reward"] = time.perf_counter() - start
     print(json.dumps({
         "threads": torch.get_num_threads(),

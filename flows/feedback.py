@@ -29,7 +29,8 @@ def feedback_flow(config: PipelineConfig, data_uri: str | None = None, policy_ur
     Args:
         config: The pipeline config (the deployment's default is configs/demo.yaml).
         data_uri: A stored data output whose held-out prompts are used; empty: this config's own.
-        policy_uri: The stored policy (PPO output) that writes response A or B; empty: this config's own PPO output.
+        policy_uri: The stored policy (e.g. a PPO output) that writes response A or B; empty: this config's own
+            output of its first policy stage (`policies`).
         baseline_uri: A stored model to compare the policy with (e.g. the SFT output); empty: two policy samples.
         n_pairs: Pairs to judge in one form (4 fit a screen).
         timeout_s: How long the run waits for the form; unanswered pairs are dropped and counted.
@@ -41,8 +42,9 @@ def feedback_flow(config: PipelineConfig, data_uri: str | None = None, policy_ur
     ctx = open_context(config, f"{config.name}-feedback", set())
     with ctx.tracker.finishing(ctx.parent_run_id):
         data = load_output(ctx.store, data_uri) if data_uri else run_stage("data", config, {}, ctx)
+        first = config.policies[0]  # the config's first policy stage (ppo by default)
         policy = (load_output(ctx.store, policy_uri) if policy_uri else
-                  upstream_of("evaluate", config, ctx, data_uri=data.uri)["ppo"])
+                  run_stage(first, config, upstream_of(first, config, ctx, data_uri=data.uri), ctx))
         baseline = load_output(ctx.store, baseline_uri) if baseline_uri else None
         pairs = pairs_task(data, policy, baseline, n_pairs, seed, ctx)
         form = feedback_form(pairs)

@@ -15,7 +15,8 @@ import sys
 import traceback
 
 from components.config.loading import load_config
-from components.config.pipeline import POLICY_STAGES, STAGES, check_local_models
+from components.config.pipeline import check_local_models
+from components.config.stages import policy_stages, stage_names, stages, upstream_names
 from components.errors import RLHFError
 from components.io.redact import redact
 from tasks import termination
@@ -37,12 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(sub.add_parser("validate", help="validate a config and print it resolved"))
     run = sub.add_parser("run", help="run the pipeline flow (cached stages are reused)")
     _config_args(run)
-    run.add_argument("--force", action="append", default=[], choices=STAGES, help="recompute this stage")
-    run.add_argument("--from-stage", choices=STAGES, help="recompute this stage and every later one")
+    run.add_argument("--force", action="append", default=[], choices=stage_names(), help="recompute this stage")
+    run.add_argument("--from-stage", choices=stage_names(), help="recompute this stage and every later one")
     stage = sub.add_parser("stage", help="run one stage; upstream outputs from the cache or given as URIs")
-    stage.add_argument("name", choices=STAGES[1:])
+    stage.add_argument("name", choices=[s.name for s in stages() if s.has_flow])
     _config_args(stage)
-    for upstream in STAGES[:-1]:
+    for upstream in upstream_names():
         stage.add_argument(f"--{upstream}", metavar="URI", help=f"stored {upstream} output to start from")
     feedback = sub.add_parser("feedback", help="human feedback: collect in the Prefect UI, import or export labels")
     fsub = feedback.add_subparsers(dest="action", required=True)
@@ -118,7 +119,8 @@ def _prefect_api(prefect_home: str):
 
 
 def _run(args, config) -> int:
-    from flows.pipeline import STAGE_FLOWS, rlhf_pipeline
+    from flows.pipeline import rlhf_pipeline
+    from flows.stages import stage_flow
 
     if args.command == "stage" and args.name not in config.stages:  # `rlhf stage dpo` on a PPO-only config
         config = config.model_copy(update={"policies": [*config.policies, args.name]})
@@ -128,7 +130,7 @@ def _run(args, config) -> int:
         outputs = rlhf_pipeline(config, force=[args.name])  # upstream from the cache (computed if missing)
     else:  # the URIs given; the other upstream outputs are this config's own (computed if missing)
         uris = {f"{u}_uri": getattr(args, u) for u in config.upstream(args.name)}
-        outputs = {args.name: STAGE_FLOWS[args.name](config, **uris)}
+        outputs = {args.name: stage_flow(args.name)(config=config, **uris)}
     _summary(outputs, config)
     return 0
 
@@ -173,7 +175,7 @@ def _summary(outputs, config) -> None:
         shown = {k: round(v, 4) for k, v in out.metrics.items() if is_key_metric(k)}
         print(f"  {name:7s} {'cached' if out.cached else 'ran   '} {out.uri}  {shown}")
     m = outputs["evaluate"].metrics if "evaluate" in outputs else {}
-    policies = policy_names(p for p in POLICY_STAGES if p in outputs)
+    policies = policy_names(p for p in policy_stages() if p in outputs)
     for policy, name in policies.items():
         if held_out("gold_mean", name) in m:
             print(f"  gold score on held-out prompts: SFT {m[held_out('gold_mean', 'sft')]:.3f} -> {config.algorithm(policy).upper()} "

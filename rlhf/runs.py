@@ -8,9 +8,9 @@ def comparison(runs: list) -> tuple[list[str], list[list[str]]]:
     """(header, rows) for MLflow runs: id, start, status, stages that ran, differing params, key metrics."""
     differing = sorted(k for k in set().union(*(r.data.params for r in runs))
                        if len({r.data.params.get(k) for r in runs}) > 1)
-    from tasks.tracking import KEY_METRICS, POLICY_METRICS
+    from tasks.tracking import KEY_METRICS, policy_metrics
 
-    metrics = [m for m in KEY_METRICS + POLICY_METRICS if any(m in r.data.metrics for r in runs)]
+    metrics = [m for m in KEY_METRICS + policy_metrics() if any(m in r.data.metrics for r in runs)]
     header = ["run", "started", "status", "ran"] + differing + metrics
     rows = []
     for r in runs:

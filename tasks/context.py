@@ -7,7 +7,8 @@ from pathlib import Path
 
 from prefect.runtime import flow_run
 
-from components.config.pipeline import STAGES, PipelineConfig, check_local_models
+from components.config.pipeline import PipelineConfig, check_local_models
+from components.config.stages import stage_names
 from components.io.locks import file_lock
 from components.io.store import ArtifactStore
 from tasks.runner import RunContext
@@ -87,6 +88,7 @@ def stages_from(stage: str | None) -> set[str]:
     """`--from-stage reward` forces reward and every stage after it."""
     if stage is None:
         return set()
-    if stage not in STAGES:
-        raise ValueError(f"--from-stage {stage!r}: expected one of {', '.join(STAGES)}")
-    return set(STAGES[STAGES.index(stage):])
+    names = stage_names()
+    if stage not in names:
+        raise ValueError(f"--from-stage {stage!r}: expected one of {', '.join(names)}")
+    return set(names[names.index(stage):])

@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from components.compute.memory import PeakRSS, release_freed
+from components.config.placement import StagePlacement
 from components.io.locks import file_lock, lock_dir
 from components.io.partial import PartialCheckpoints
 from components.io.store import ArtifactStore, StoreError, describe
+from components.stage import Hooks
 from tasks import termination
 from tasks.output import StageOutput, cache_key
 from tasks.tracking import Tracker, flatten
@@ -45,17 +47,6 @@ class StageRun:
         return self.partial.local if self.partial else None
 
     @property
-    def on_checkpoint(self):
-        """Called after each completed checkpoint: copies it to the store (and stops here after a SIGTERM)."""
-        if self.partial is None:
-            return None
-
-        def saved() -> None:
-            self.partial.save()
-            termination.check()
-        return saved
-
-    @property
     def on_log(self):
         """Logs a training step's metrics into the stage's run (and stops here after a SIGTERM)."""
         log_metrics = self.tracker.logger(self.run_id)
@@ -64,6 +55,27 @@ class StageRun:
             termination.check()
             log_metrics(step, metrics)
         return logged
+
+    def hooks(self) -> Hooks:
+        """The stage's hooks in this process: its MLflow run, its checkpoints in the store, SIGTERM as the stop
+        check, and the report as Prefect artifacts."""
+        tracker, run_id = self.tracker, self.run_id
+        return Hooks(on_log=tracker.logger(run_id), stop=termination.check,
+                     on_samples=lambda it, rows: tracker.log_table(run_id, rows, f"samples/iteration_{it:05d}.json"),
+                     on_checkpoint=self.partial.save if self.partial else (lambda: None),
+                     checkpoint_dir=self.checkpoints, tag=lambda tags: tracker.tag(run_id, tags),
+                     log_table=lambda rows, name: tracker.log_table(run_id, rows, name),
+                     log_artifact=lambda path, where: tracker.client.log_artifact(run_id, str(path), where),
+                     log_text=lambda name, text: tracker.log_file(run_id, name, text), report=prefect_report)
+
+
+def prefect_report(key: str, markdown: str, metrics: dict[str, float]) -> None:
+    """A stage's report as Prefect artifacts: the markdown and a table of its metrics."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    create_markdown_artifact(markdown, key=f"rlhf-{key}", description=f"{key.capitalize()} report")
+    create_table_artifact([{"metric": k, "value": round(v, 4)} for k, v in sorted(metrics.items())],
+                          key=f"rlhf-{key}-metrics", description=f"{key.capitalize()} metrics")
 
 
 Compute = Callable[[dict[str, Path], Path, StageRun], dict[str, float]]
@@ -81,10 +93,12 @@ class RunContext:
 
 
 def execute(stage: str, version: str, config: Any, parents: dict[str, StageOutput], compute: Compute,
-            ctx: RunContext, extra_hash: dict[str, Any] | None = None) -> StageOutput:
+            ctx: RunContext, extra_hash: dict[str, Any] | None = None,
+            placement: StagePlacement | None = None) -> StageOutput:
     """Run `compute(inputs, out_dir, stage_run) -> metrics` unless a verified output with the same cache key is
     stored. `inputs` maps upstream names to local directories; `config` (a StrictModel) and `extra_hash`
-    (other settings the stage reads, e.g. data.max_length) make up the config hash."""
+    (other settings the stage reads, e.g. data.max_length) make up the config hash. `placement` is where it runs:
+    the concurrency slots held while it computes (never part of the key)."""
     termination.check()
     config_hash = _hash(config, extra_hash)
     fingerprints = {name: out.fingerprint for name, out in parents.items()}
@@ -95,7 +109,7 @@ def execute(stage: str, version: str, config: Any, parents: dict[str, StageOutpu
     with file_lock(lock_dir(ctx.store.root) / f"{stage}-{key}.lock", f"{stage} output {key}"):
         if stage not in ctx.force and (stored := _cached(stage, key, ctx)):
             return stored
-        return _run(stage, version, config, config_hash, parents, key, compute, ctx, extra_hash)
+        return _run(stage, version, config, config_hash, parents, key, compute, ctx, extra_hash, placement)
 
 
 def _cached(stage: str, key: str, ctx: RunContext) -> StageOutput | None:
@@ -109,7 +123,8 @@ def _cached(stage: str, key: str, ctx: RunContext) -> StageOutput | None:
 
 
 def _run(stage: str, version: str, config: Any, config_hash: str, parents: dict[str, StageOutput], key: str,
-         compute: Compute, ctx: RunContext, extra_hash: dict[str, Any] | None) -> StageOutput:
+         compute: Compute, ctx: RunContext, extra_hash: dict[str, Any] | None,
+         placement: StagePlacement | None) -> StageOutput:
     """Compute (or, when a finished output waits unstored, just store) the output (stage, key); holds its lock."""
     fingerprints = {name: out.fingerprint for name, out in parents.items()}
     work = ctx.work_dir / stage / key
@@ -127,7 +142,7 @@ def _run(stage: str, version: str, config: Any, config_hash: str, parents: dict[
                                                        "rlhf.stage_version": version}, parent=ctx.parent_run_id)
     try:
         if meta is None:
-            meta = _compute(stage, compute, inputs, work, StageRun(run_id, ctx.tracker, partial), config, ctx)
+            meta = _compute(stage, compute, inputs, work, StageRun(run_id, ctx.tracker, partial), placement, ctx)
             meta.update(version=version, config_hash=config_hash, parents=fingerprints, mlflow_run_id=run_id,
                         files=describe(work))
             finished.write_text(json.dumps(meta))
@@ -145,15 +160,15 @@ def _run(stage: str, version: str, config: Any, config_hash: str, parents: dict[
     return _output(ctx.store, marker, cached=False)
 
 
-def _compute(stage: str, compute: Compute, inputs: dict[str, Path], work: Path, stage_run: StageRun, config: Any,
-             ctx: RunContext) -> dict[str, Any]:
+def _compute(stage: str, compute: Compute, inputs: dict[str, Path], work: Path, stage_run: StageRun,
+             placement: StagePlacement | None, ctx: RunContext) -> dict[str, Any]:
     """Run the stage into a fresh `work` (resuming from its stored checkpoint when there is one); its metadata."""
     shutil.rmtree(work, ignore_errors=True)
     work.parent.mkdir(parents=True, exist_ok=True)
     if stage_run.partial.restore():
         log.info("%s: resuming from the checkpoint in %s", stage, stage_run.partial.uri)
         ctx.tracker.tag(stage_run.run_id, {"rlhf.resumed_from": stage_run.partial.uri})
-    with _slots(getattr(config, "compute", None)), PeakRSS() as memory, ctx.tracker.system_metrics(stage_run.run_id):
+    with _slots(placement), PeakRSS() as memory, ctx.tracker.system_metrics(stage_run.run_id):
         started = time.perf_counter()
         try:
             metrics = compute(inputs, work, stage_run)
@@ -176,14 +191,14 @@ def _finished(work: Path, finished: Path) -> dict[str, Any] | None:
     return meta
 
 
-def _slots(compute):
-    """Hold `compute.num_processes` slots of the Prefect global concurrency limit `compute.concurrency_limit`
+def _slots(placement: StagePlacement | None):
+    """Hold `placement.num_processes` slots of the Prefect global concurrency limit `placement.concurrency_limit`
     (strict: a limit that does not exist on the server is an error, not a silent pass)."""
-    if compute is None or compute.concurrency_limit is None:
+    if placement is None or placement.concurrency_limit is None:
         return contextlib.nullcontext()
     from prefect.concurrency.sync import concurrency
 
-    return concurrency(compute.concurrency_limit, occupy=compute.num_processes, strict=True)
+    return concurrency(placement.concurrency_limit, occupy=placement.num_processes, strict=True)
 
 
 def load_output(store: ArtifactStore, uri: str) -> StageOutput:
@@ -205,9 +220,7 @@ def _output(store: ArtifactStore, marker: dict, cached: bool) -> StageOutput:
 def _hash(config: Any, extra: dict[str, Any] | None) -> str:
     import hashlib
 
-    dumped = config.model_dump(mode="json")
-    for key in ("concurrency_limit", "work_pool"):  # where a stage runs or queues does not change what it makes
-        dumped.get("compute", {}).pop(key, None)
+    dumped = config.model_dump(mode="json")  # placement is not in a stage's config: it never reaches the key
     dumped.pop("checkpoint_every", None)  # nor how often it checkpoints: a resumed run ends as an uninterrupted one
     blob = json.dumps({"config": dumped, "extra": extra or {}}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()

@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from components.config.pipeline import POLICY_STAGES
+from components.config.stages import policy_stages
 
 EXPERIMENT_KIND = "mlflow.experimentKind"  # read by the MLflow 3 UI to pick the experiment's default view
 NOTE = "mlflow.note.content"  # a run's description in the MLflow UI
@@ -25,10 +25,15 @@ PARAM_LIMIT = 500  # characters; longer values are cut (MLflow rejects very long
 # against SFT, the reward model's and SFT's held-out quality, wall time. The same names in every run that has them.
 KEY_METRICS = ("eval/gold_mean", "eval/score_mean", "eval/gold_win_rate_vs_sft", "eval/kl_to_ref",
                "reward/eval/accuracy", "sft/eval/loss", "pipeline/seconds")
-# each policy's own numbers when a run trained several (`policies: [ppo, dpo]`): `rlhf runs` adds the columns
-# some run has, so PPO and DPO are compared side by side
-POLICY_METRICS = tuple(f"eval/{policy}/{q}" for policy in POLICY_STAGES
-                       for q in ("gold_mean", "score_mean", "kl_to_ref", "gold_win_rate_vs_sft"))
+
+
+def policy_metrics() -> tuple[str, ...]:
+    """Each policy stage's own numbers when a run trained several (`policies: [ppo, dpo]`): `rlhf runs` adds the
+    columns some run has, so PPO and DPO are compared side by side."""
+    return tuple(f"eval/{policy}/{q}" for policy in policy_stages()
+                 for q in ("gold_mean", "score_mean", "kl_to_ref", "gold_win_rate_vs_sft"))
+
+
 # The runs table with KEY_METRICS as columns, saved as the UI's "Save view" saves one (an experiment tag holding a
 # name and the deflated view state): listed under Views as "Key metrics", opened by KEY_VIEW's link. The default
 # table shows no metric columns at all.

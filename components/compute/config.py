@@ -28,12 +28,6 @@ class ComputeConfig(StrictModel):
     gradient_clipping: float = Field(1.0, ge=0.0, description="Clip the global gradient norm to this value; 0 disables.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less memory, "
                                          "about a third more compute.")
-    num_processes: int = Field(1, ge=1, description="Processes (GPUs) on this node; above 1 the pipeline runs the "
-                               "stage through torchrun, with rank 0 logging into the stage's MLflow run.")
-    work_pool: str | None = Field(None, description="Run this stage on that Prefect work pool (through its "
-                                  "`{stage}-adhoc` deployment) instead of in the pipeline flow's process, e.g. `gpu`.")
-    concurrency_limit: str | None = Field(None, description="Prefect global concurrency limit (e.g. `gpu`, sized to "
-                                          "a worker's GPUs) held while the stage trains, one slot per process.")
 
     @model_validator(mode="after")
     def _compatible(self) -> "ComputeConfig":

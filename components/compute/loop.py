@@ -1,5 +1,5 @@
-"""The training loop SFT and the reward model share: sharded micro batches, DeepSpeed steps,
-periodic logging and evaluation through a callback (so the loop never imports a tracker)."""
+"""The training loop SFT, the reward model and DPO share: sharded micro batches, DeepSpeed steps, periodic
+logging, evaluation and checkpoints through the stage's `Hooks` (so the loop never imports a tracker)."""
 from __future__ import annotations
 
 import json
@@ -16,9 +16,9 @@ import torch
 from components.compute import engine as ds
 from components.compute.config import TrainingConfig
 from components.compute.engine import is_rank0, world
+from components.stage import Hooks, LogFn
 
 log = logging.getLogger(__name__)
-LogFn = Callable[[int, dict[str, float]], None]
 
 
 @dataclass
@@ -85,16 +85,16 @@ def micro_batches(plan: LoopPlan) -> Iterator[list[int]]:
 
 
 def train(engine, plan: LoopPlan, step_fn: Callable[[list[int]], tuple[torch.Tensor, dict[str, float]]],
-          evaluate: Callable[[], dict[str, float]], on_log: LogFn | None = None,
-          checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0,
-          on_checkpoint: Callable[[], None] | None = None) -> dict[str, float]:
+          evaluate: Callable[[], dict[str, float]], hooks: Hooks, checkpoint_every: int = 0) -> dict[str, float]:
     """Run `plan.total_steps` optimizer steps. `step_fn(indices)` returns (loss, metrics) for one micro batch;
     `evaluate()` returns held-out metrics (called on every rank, as ZeRO-3 forwards need them all).
     Returns the last training and evaluation metrics, named `<plan.name>/train/<k>` and `<plan.name>/eval/<k>`:
     SFT's and the reward model's losses are different quantities, so they never share a name (nor an MLflow column).
-    With `checkpoint_dir`, a checkpoint goes there every `checkpoint_every` steps, and a checkpoint already there
-    is resumed: the engine, RNG and loop state are restored and the batches already trained on are skipped, so
-    the run ends as an uninterrupted one would. `on_checkpoint()` is called (rank 0) after each one is complete."""
+    Metrics go to `hooks.log` (rank 0). With `hooks.checkpoint_dir`, a checkpoint goes there every
+    `checkpoint_every` steps, and a checkpoint already there is resumed: the engine, RNG and loop state are restored
+    and the batches already trained on are skipped, so the run ends as an uninterrupted one would.
+    `hooks.checkpointed()` is called (rank 0) after each one is complete."""
+    checkpoint_dir, on_log = hooks.checkpoint_dir, hooks.log
     sums: dict[str, float] = {}
     count, micro, t0, last, reported = 0, 0, time.perf_counter(), {}, 0
     if checkpoint_dir and Path(checkpoint_dir, "latest").exists():
@@ -128,8 +128,8 @@ def train(engine, plan: LoopPlan, step_fn: Callable[[list[int]], tuple[torch.Ten
         if checkpoint_dir and checkpoint_every and step % checkpoint_every == 0 and step < plan.total_steps:
             ds.save_checkpoint(engine, checkpoint_dir, f"step{step:06d}",
                                {"loop": {"sums": sums, "count": count, "last": last, "step": step}})
-            if on_checkpoint is not None and is_rank0():
-                on_checkpoint()
+            if is_rank0():
+                hooks.checkpointed()
     return last
 
 
@@ -142,10 +142,9 @@ def _evaluate(engine, plan: LoopPlan, step: int, evaluate, on_log) -> dict[str, 
     return metrics
 
 
-def _report(plan: LoopPlan, step: int, metrics: dict[str, float], on_log: LogFn | None) -> None:
+def _report(plan: LoopPlan, step: int, metrics: dict[str, float], on_log: LogFn) -> None:
     if not is_rank0():
         return
     shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if math.isfinite(v))
     log.info("%s step %d/%d %s", plan.name, step, plan.total_steps, shown)
-    if on_log is not None:
-        on_log(step, metrics)
+    on_log(step, metrics)

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
-
 from pydantic import Field, field_validator, model_validator
 
 from components.config.base import StrictModel
+from components.config.placement import StagePlacement
+from components.config.stages import policy_stages, stage, stage_names, stages
 from components.data.config import DataConfig
 from components.errors import ConfigError
 from components.dpo.config import DPOConfig
@@ -18,13 +18,6 @@ from components.ppo.config import PPOConfig
 from components.reward.config import RewardConfig
 from components.sft.config import SFTConfig
 
-
-STAGES = ("data", "sft", "reward", "ppo", "dpo", "es", "evaluate")  # the pipeline's order
-POLICY_STAGES = ("ppo", "dpo", "es")  # the stages that train a candidate policy from the SFT model
-_NEEDS = {"data": (), "sft": ("data",), "reward": ("data", "sft"), "ppo": ("data", "sft", "reward"),
-          "dpo": ("data", "sft"),  # DPO learns from the pairs themselves: no reward model in its inputs (nor key)
-          "es": ("data", "sft", "reward")}
-_REWARDED = ("ppo", "es")  # stages whose reward may be the reward stage's model (their `rewards` say)
 
 
 class TrackingConfig(StrictModel):
@@ -52,11 +45,17 @@ class PipelineConfig(StrictModel):
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="DPO stage (trained when `policies` names it).")
     es: ESConfig = Field(default_factory=ESConfig, description="Evolution strategies stage (trained when `policies` "
                          "names it).")
-    policies: list[Literal["ppo", "dpo", "es"]] = Field(["ppo"], min_length=1, description="Policy stages to train, "
-                                                  "each from the same SFT model; the evaluation compares them and "
-                                                  "the gate picks the best candidate.")
+    # validated against the registry when a config is validated (a stage registered later counts); the enum is
+    # what the Prefect UI offers to pick from
+    policies: list[str] = Field(["ppo"], min_length=1, description="Policy stages to train, each from the same SFT "
+                                "model; the evaluation compares them and the gate picks the best candidate.",
+                                json_schema_extra={"items": {"type": "string", "enum": list(policy_stages())}})
     evaluate: EvaluationConfig = Field(default_factory=EvaluationConfig, description="Evaluation stage.")
     promotion: PromotionConfig = Field(default_factory=PromotionConfig, description="Candidate -> champion gate.")
+    placement: dict[str, StagePlacement] = Field(
+        default_factory=dict, description="Where each stage runs, by stage name (e.g. sft: {num_processes: 2, "
+                                          "work_pool: gpu}); a stage not named runs in the pipeline's process. Not "
+                                          "part of any cache key.")
 
     @model_validator(mode="after")
     def _fits_context(self) -> "PipelineConfig":
@@ -89,29 +88,51 @@ class PipelineConfig(StrictModel):
 
     @field_validator("policies")
     @classmethod
-    def _distinct_policies(cls, value: list[str]) -> list[str]:
+    def _registered_policies(cls, value: list[str]) -> list[str]:
+        known = policy_stages()
+        if unknown := [p for p in value if p not in known]:
+            raise ValueError(f"{unknown} are not policy stages; expected some of {', '.join(known)}")
         if len(set(value)) != len(value):
             raise ValueError(f"{value} names a stage twice")
+        return value
+
+    @field_validator("placement")
+    @classmethod
+    def _placeable(cls, value: dict[str, StagePlacement]) -> dict[str, StagePlacement]:
+        for name, placement in value.items():
+            if name not in stage_names():
+                raise ValueError(f"{name}: no such stage; expected some of {', '.join(stage_names())}")
+            if not stage(name).trains:
+                raise ValueError(f"{name}: only training stages are placed; {name} runs in the pipeline's process")
         return value
 
     @property
     def stages(self) -> tuple[str, ...]:
         """The stages this config runs, in order (policy stages only when `policies` names them)."""
-        return tuple(s for s in STAGES if s not in POLICY_STAGES or s in self.policies)
+        return tuple(s.name for s in stages() if not s.policy or s.name in self.policies)
 
-    def upstream(self, stage: str) -> tuple[str, ...]:
-        """The stages whose outputs `stage` reads, in pipeline order. PPO and ES read the reward stage's model only
-        when a term of their `rewards` is the reward model and their `reward_model` names none, so a verifiable-reward
-        run's key does not change with the reward model."""
-        needs = _NEEDS.get(stage, tuple(s for s in self.stages if s != "evaluate"))
-        if stage in _REWARDED and (not getattr(self, stage).uses_reward_model or getattr(self, stage).reward_model):
-            needs = tuple(s for s in needs if s != "reward")
+    def upstream(self, name: str) -> tuple[str, ...]:
+        """The stages whose outputs stage `name` reads, in pipeline order (its registered reads, those that hold
+        for this config, and the policies when it reads them)."""
+        spec = stage(name)
+        needs = {s for s in spec.reads if s not in spec.reads_when or spec.reads_when[s](self)}
+        needs |= set(self.policies) if spec.reads_policies else set()
         return tuple(s for s in self.stages if s in needs)
 
-    def algorithm(self, stage: str) -> str:
-        """The algorithm a policy stage trains with: the ppo stage's estimator (ppo, grpo, rloo, reinforce_pp), or
-        the stage's name (dpo)."""
-        return self.ppo.algorithm if stage == "ppo" else stage
+    def section(self, name: str) -> StrictModel:
+        """Stage `name`'s own config section (an empty one for a stage that has none)."""
+        field = stage(name).config
+        return getattr(self, field) if field else StrictModel()
+
+    def placement_of(self, name: str) -> StagePlacement:
+        """Where stage `name` runs: its `placement` entry, or in the pipeline's process."""
+        return self.placement.get(name) or StagePlacement()
+
+    def algorithm(self, name: str) -> str:
+        """The algorithm a policy stage trains with, as its registry entry says (ppo: its estimator, ppo, grpo,
+        rloo or reinforce_pp), else the stage's name (dpo, es)."""
+        spec = stage(name)
+        return spec.algorithm(self) if spec.algorithm else name
 
     @property
     def gold_fn(self) -> str | None:

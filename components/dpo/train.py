@@ -7,7 +7,6 @@ never recompute them.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,16 +14,17 @@ import torch
 
 from components.compute import engine as ds
 from components.compute.engine import is_rank0
-from components.compute.loop import LogFn, metrics_file, start, train
+from components.compute.loop import metrics_file, start, train
 from components.data.prepare import load_data_tokenizer, read_split
 from components.dpo.config import DPOConfig
 from components.dpo.losses import LENGTH_AVERAGED, LOSSES, implicit_rewards
-from components.errors import DataError
+from components.errors import ConfigError, DataError
 from components.feedback.labels import read_dataset
 from components.models.config import ModelSpec
 from components.models.loading import causal_lm, disable_dropout
 from components.models.lora import merged, trainable
 from components.sft.data import collate, encode, sequence_logps
+from components.stage import Hooks, Inputs
 
 Example = tuple[list[int], list[int]]  # (input_ids, labels): prompt + response + EOS, prompt labels ignored
 REFERENCE_FILE = "reference_logps.pt"
@@ -56,19 +56,20 @@ def encode_pairs(tokenizer, records: list[dict], max_length: int, source: str) -
     return pairs
 
 
-def run(config: DPOConfig, data_dir: str | Path, out_dir: str | Path, max_length: int,
-        base_model: str | Path | None = None, on_log: LogFn | None = None, feedback_dirs: list[str | Path] = (),
-        checkpoint_dir: str | Path | None = None, on_checkpoint: Callable[[], None] | None = None) -> dict[str, float]:
-    """Train `config.model` (else `base_model`, the SFT output dir) on preference_train (plus feedback datasets)
-    and write the policy as a HF directory with metrics.json to `out_dir` atomically. With `checkpoint_dir`,
-    checkpoints go there every config.checkpoint_every steps and a run finding one there resumes it."""
+def run(config: DPOConfig, inputs: Inputs, out: Path, hooks: Hooks) -> dict[str, float]:
+    """Train `config.model` (else the SFT output, `inputs.dirs["sft"]`) on preference_train plus the feedback
+    datasets `inputs.feedback`, and write the policy as a HF directory with metrics.json to `out` atomically. With
+    `hooks.checkpoint_dir`, checkpoints go there every config.checkpoint_every steps and a run finding one there
+    resumes it."""
+    base_model, data_dir, max_length = inputs.dirs.get("sft"), inputs.dirs["data"], inputs.max_length
+    checkpoint_dir = hooks.checkpoint_dir
     spec = config.model or (ModelSpec(name_or_path=str(base_model)) if base_model else None)
     if spec is None:
-        raise ValueError("dpo.model is not set and no SFT model was given")
+        raise ConfigError("dpo.model is not set and no SFT model was given")
     ds.init_distributed()
     torch.manual_seed(config.seed)
     tokenizer = load_data_tokenizer(data_dir)
-    records = read_split(data_dir, "preference_train") + [r for d in feedback_dirs for r in read_dataset(d)]
+    records = read_split(data_dir, "preference_train") + [r for d in inputs.feedback for r in read_dataset(d)]
     train_set = encode_pairs(tokenizer, records, max_length, "preference_train")
     eval_set = encode_pairs(tokenizer, read_split(data_dir, "preference_eval"), max_length, "preference_eval")
     model = trainable(disable_dropout(causal_lm(spec, tokenizer, field="dpo.model")), config.lora, "CAUSAL_LM",
@@ -86,9 +87,8 @@ def run(config: DPOConfig, data_dir: str | Path, out_dir: str | Path, max_length
         return evaluate_pairs(engine, eval_set, config, pad, batch_size)
 
     metrics = {"dpo/data/pairs": float(len(train_set.chosen)), "dpo/data/truncated_pairs": float(train_set.truncated),
-               **train(engine, plan, step_fn, evaluate, on_log, checkpoint_dir, config.checkpoint_every,
-                       on_checkpoint)}
-    ds.save_hf(engine, tokenizer, out_dir, {"metrics.json": metrics_file(metrics)}, select=merged)
+               **train(engine, plan, step_fn, evaluate, hooks, config.checkpoint_every)}
+    ds.save_hf(engine, tokenizer, out, {"metrics.json": metrics_file(metrics)}, select=merged)
     return metrics
 
 

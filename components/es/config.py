@@ -7,7 +7,7 @@ from pydantic import Field, model_validator
 
 from components.compute.config import ComputeConfig
 from components.models.lora import LoRAConfig
-from components.ppo.config import RewardedPolicyConfig, RolloutConfig
+from components.rl.config import RewardedPolicyConfig, RolloutConfig
 
 
 class ESConfig(RewardedPolicyConfig):
@@ -16,8 +16,9 @@ class ESConfig(RewardedPolicyConfig):
 
     lora: LoRAConfig | None = Field(None, description="Perturb and update only LoRA adapters (null: every weight).")
     compute: ComputeConfig = Field(default_factory=lambda: ComputeConfig(micro_batch_size=64),
-                                   description="Processes (members are sharded over ranks; only seeds and rewards "
-                                               "travel), work pool; micro_batch_size: prompts per generate call.")
+                                   description="micro_batch_size: prompts per generate call; precision: of the frozen "
+                                               "reward model (members are sharded over ranks, placement.es.num_processes; "
+                                               "only seeds and rewards travel).")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="How each member answers the prompts "
                                    "(every member samples with the same seeds: common random numbers).")
     population_size: int = Field(16, ge=2, description="Perturbations evaluated per iteration.")

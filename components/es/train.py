@@ -1,19 +1,19 @@
-"""ES entry points: `train(prompts, reward_fn=...)` and `run(...)` (the pipeline stage: data prep's prompts, the SFT
-policy, the reward model). Each iteration every member (a perturbation of the policy) answers the same prompts with
-the same sampling seeds; its reward is the mean weighted reward over them. Members are sharded over ranks and only
-their rewards travel (an all-reduce of N floats); every rank then applies the same update, so N ranks equal 1.
+"""ES entry points: `train(prompts, reward_fn=...)` and `run(config, inputs, out, hooks)` (the pipeline stage: data
+prep's prompts, the SFT policy, the reward model). Each iteration every member (a perturbation of the policy)
+answers the same prompts with the same sampling seeds; its reward is the mean weighted reward over them. Members are
+sharded over ranks and only their rewards travel (an all-reduce of N floats); every rank then applies the same
+update, so N ranks equal 1. The loop around `ES.step()` (evaluations, history, resume) is the RL core's `fit`.
 
 A checkpoint is the trainable weights at some iteration (`base.pt`) plus one line per later iteration with its
-members' seeds and weights (`log.jsonl`, appended each iteration): a resume loads the base and replays the updates
-bit-for-bit without a forward pass.
+members' seeds and weights (`log.jsonl`, appended each iteration), and the driver's result so far (`result.json`):
+a resume loads the base and replays the updates bit-for-bit without a forward pass.
 """
 from __future__ import annotations
 
 import json
 import logging
-import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,36 +22,38 @@ import torch.distributed as dist
 
 from components.compute import engine as ds
 from components.compute.engine import is_rank0, world
-from components.compute.loop import LogFn, metrics_file, reproducible
 from components.compute.seeds import seed_for
 from components.data.prepare import load_data_tokenizer
 from components.errors import ConfigError
 from components.es import noise
 from components.es.config import ESConfig
 from components.es.shaping import SHAPING
-from components.evaluation.metrics import held_out, per_prompt_means, win_rate
 from components.io.atomic import atomic_dir
 from components.models.config import ModelSpec, ScorerSpec
 from components.models.loading import causal_lm, disable_dropout, load_tokenizer, save_pretrained
 from components.models.lora import merged, trainable
-from components.models.precision import autocast
-from components.ppo.api import PPOResult, as_spec, encode_prompts, stage_inputs
-from components.ppo.models import Actor
-from components.ppo.rewards import RewardFn, RewardTerm, combine_scores, reward_terms
-from components.ppo.rollout import decode_responses, left_pad, rollout, score_terms
 from components.reward.scoring import load_scorer
+from components.rl.driver import EvalSet, RLResult, as_spec, encode_eval_set, encode_prompts, fit, stage_inputs
+from components.rl.generation import Actor
+from components.rl.rewards import Reward, RewardFn, reward_terms
+from components.rl.scoring import scored_rollout
+from components.stage import Hooks, Inputs
 
 log = logging.getLogger(__name__)
 
 
 class ES:
-    """The policy, its trainable parameters (every weight, or the LoRA adapters), the scorer and reward terms."""
+    """The policy, its trainable parameters (every weight, or the LoRA adapters), its reward, and the prompts it
+    trains on (token ids, texts, chat messages where known)."""
 
-    def __init__(self, config: ESConfig, lm, tokenizer, scorer, terms: list[RewardTerm]):
-        self.config, self.lm, self.tokenizer, self.scorer, self.terms = config, lm, tokenizer, scorer, terms
+    def __init__(self, config: ESConfig, lm, tokenizer, reward: Reward, prompts: list[list[int]], texts: list[str],
+                 messages: list | None = None):
+        self.config, self.lm, self.tokenizer, self.reward = config, lm, tokenizer, reward
+        self.prompts, self.texts, self.messages = prompts, texts, messages
         self.actor = Actor(lm, value_head=False)
         self.params = [p.data for p in lm.parameters() if p.requires_grad]
         self.adam = noise.Adam(self.params) if config.optimizer == "adam" else None
+        self.checkpoints = Checkpoints(config.checkpoint_every)
         self.iteration = 0
 
     @torch.no_grad()
@@ -62,24 +64,25 @@ class ES:
         torch.manual_seed(seed)
         for start in range(0, len(prompts), chunk):
             part = slice(start, start + chunk)
-            ids, mask = left_pad(prompts[part], self.tokenizer.pad_token_id)
-            batch = rollout(self.actor, self.lm, ids, mask, self.config.rollout, self.tokenizer)
-            responses = decode_responses(batch, self.tokenizer)
-            with autocast(self.config.compute.precision):  # a bf16 frozen scorer runs under autocast
-                raw = score_terms(batch, responses, self.scorer, self.terms, texts[part],
-                                  messages[part] if messages else None)
-            out.append((*combine_scores(raw, self.terms, len(responses), "error"), responses))
+            batch, responses = scored_rollout(self.actor, prompts[part], texts[part], self.reward, self.config.rollout,
+                                              self.tokenizer, messages[part] if messages else None,
+                                              self.config.compute.precision)
+            out.append((batch.scores, batch.term_scores, batch.keep, responses))
         return (torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out]), torch.cat([o[2] for o in out]),
                 [r for o in out for r in o[3]])
 
-    def step(self, prompts: list[list[int]], texts: list[str], messages: list | None) -> dict[str, float]:
+    def step(self) -> dict[str, float]:
         """Evaluate this rank's members on the iteration's prompts, share the rewards, update. Returns metrics and
         records the members and weights of the update in `self.last`."""
         c, (rank, world_size) = self.config, world()
         t0 = time.perf_counter()
+        n, b = len(self.prompts), min(c.batch_size, len(self.prompts))
+        order = np.random.default_rng(seed_for(c.seed, self.iteration, 7)).permutation(n)[:b]
+        prompts, texts = [self.prompts[i] for i in order], [self.texts[i] for i in order]
+        messages = [self.messages[i] for i in order] if self.messages else None
         members = noise.population(c.seed, self.iteration, c.population_size, c.antithetic)
         rewards = torch.zeros(len(members), dtype=torch.float64)
-        terms = torch.zeros(len(members), len(self.terms), dtype=torch.float64)
+        terms = torch.zeros(len(members), len(self.reward.terms), dtype=torch.float64)
         sample_seed = seed_for(c.seed, self.iteration, 29)  # common random numbers across members
         for n in range(rank, len(members), world_size):
             fixes = noise.perturb(self.params, members[n], c.sigma)
@@ -98,7 +101,7 @@ class ES:
         seconds = time.perf_counter() - t0
         return {"es/reward_mean": rewards.mean().item(), "es/reward_std": rewards.std(unbiased=False).item(),
                 "es/reward_max": rewards.max().item(), "es/update_norm": norm,
-                **{f"rewards/{t.name}/mean": terms[:, k].mean().item() for k, t in enumerate(self.terms)},
+                **{f"rewards/{t.name}/mean": terms[:, k].mean().item() for k, t in enumerate(self.reward.terms)},
                 "time/evaluate": t1 - t0, "time/update": seconds - (t1 - t0), "time/iteration": seconds,
                 "perf/members_per_s": len(members) / seconds}
 
@@ -109,12 +112,12 @@ class ES:
         self.iteration = entry["iteration"] + 1
 
     @torch.no_grad()
-    def evaluate(self, prompts: list[list[int]], texts: list[str], gold_fn: RewardFn | None,
-                 messages: list | None) -> tuple[dict[str, float], list[dict]]:
+    def evaluate(self, eval_set: EvalSet) -> tuple[dict[str, float], list[dict]]:
         """The unperturbed policy on held-out prompts, eval_samples each: mean score, gold and length, and rows."""
-        rows = []
+        rows, texts, gold_fn = [], eval_set.texts, eval_set.gold_fn
         for k in range(self.config.eval_samples):
-            scores, _, _, responses = self.answer(prompts, texts, messages, seed_for(self.config.seed, 31, k))
+            scores, _, _, responses = self.answer(eval_set.prompts, texts, eval_set.messages,
+                                                  seed_for(self.config.seed, 31, k))
             gold = gold_fn(texts, responses) if gold_fn else [None] * len(responses)
             rows += [{"prompt_index": i, "prompt": texts[i], "response": r, "score": float(s), "gold": g,
                       "length": len(self.tokenizer(r, add_special_tokens=False)["input_ids"])}
@@ -125,64 +128,77 @@ class ES:
             metrics["gold_mean"] = float(np.mean([r["gold"] for r in rows]))
         return metrics, rows
 
+    def save_checkpoint(self, directory: Path, extra: dict) -> bool:
+        return self.checkpoints.save(Path(directory), self, extra)
+
+    def load_checkpoint(self, directory: Path) -> dict | None:
+        return self.checkpoints.resume(Path(directory), self)
+
 
 class Checkpoints:
-    """`base.pt` (trainable weights, Adam moments, iteration) rewritten every `every` iterations, and `log.jsonl`,
-    one line per iteration since the base (rank 0 writes; every rank reads)."""
+    """`base.pt` (trainable weights, Adam moments, iteration) rewritten every `every` iterations (and at iteration
+    0), `log.jsonl`, one line per iteration since the base, and `result.json`, the driver's result so far (rank 0
+    writes; every rank reads)."""
 
-    def __init__(self, directory: str | Path | None, every: int, on_save: Callable[[], None] | None = None):
-        self.dir, self.every, self.on_save = (Path(directory) if directory else None), every, on_save
+    def __init__(self, every: int):
+        self.every = every
 
-    def save(self, es: ES) -> None:
-        if self.dir is None or not is_rank0():
-            return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if self.every and es.iteration % self.every == 0:  # a new base; the log restarts
+    def save(self, directory: Path, es: ES, extra: dict) -> bool:
+        """Checkpoint this iteration; whether anything was written (never without a base to append to)."""
+        if not is_rank0():
+            return False
+        new_base = bool(self.every) and es.iteration % self.every == 0
+        if not new_base and not (directory / "base.pt").exists():
+            return False
+        directory.mkdir(parents=True, exist_ok=True)
+        # the result first: a crash before the weights land leaves it ahead, and a resume drops what is ahead
+        (directory / "result.tmp").write_text(json.dumps(extra))
+        (directory / "result.tmp").replace(directory / "result.json")
+        if new_base:  # a new base; the log restarts
             state = {"iteration": es.iteration, "params": es.params,
                      "adam": es.adam.state_dict() if es.adam else None}
-            torch.save(state, self.dir / "base.tmp")
-            (self.dir / "base.tmp").replace(self.dir / "base.pt")
-            (self.dir / "log.jsonl").write_text("")
-        elif (self.dir / "base.pt").exists():
-            with open(self.dir / "log.jsonl", "a") as f:
+            torch.save(state, directory / "base.tmp")
+            (directory / "base.tmp").replace(directory / "base.pt")
+            (directory / "log.jsonl").write_text("")
+        else:
+            with open(directory / "log.jsonl", "a") as f:
                 f.write(json.dumps(es.last) + "\n")
-        if self.on_save is not None:
-            self.on_save()
+        return True
 
-    def resume(self, es: ES) -> bool:
-        """Load the base and replay the log; False when there is nothing to resume."""
-        if self.dir is None or not (self.dir / "base.pt").exists():
-            return False
-        state = torch.load(self.dir / "base.pt", weights_only=True)
+    def resume(self, directory: Path, es: ES) -> dict | None:
+        """Load the base and replay the log; the saved result, None when there is nothing to resume."""
+        if not (directory / "base.pt").exists():
+            return None
+        state = torch.load(directory / "base.pt", weights_only=True)
         for p, saved in zip(es.params, state["params"]):
             p.copy_(saved)
         if es.adam is not None and state["adam"] is not None:
             es.adam.load_state_dict(state["adam"])
         es.iteration = state["iteration"]
-        log_file = self.dir / "log.jsonl"
+        log_file = directory / "log.jsonl"
         for line in log_file.read_text().splitlines() if log_file.exists() else []:
             entry = json.loads(line)
             if entry["iteration"] == es.iteration:  # a line written before a crash mid-append is skipped
                 es.replay(entry)
-        return True
+        result = directory / "result.json"
+        return json.loads(result.read_text()) if result.is_file() else {}
 
 
 def train(prompts: list[str], reward_fn: RewardFn | Sequence[RewardFn] | None = None,
           config: ESConfig | None = None, *, reward_weights: Sequence[float] | None = None,
           model: str | ModelSpec | None = None, reward_model: str | ScorerSpec | None = None, tokenizer=None,
           eval_prompts: list[str] | None = None, gold_fn: RewardFn | None = None, out_dir: str | Path | None = None,
-          checkpoint_dir: str | Path | None = None, on_log: LogFn | None = None,
-          on_samples: Callable[[int, list[dict]], None] | None = None,
-          prompt_messages: list | None = None, eval_messages: list | None = None,
-          on_checkpoint: Callable[[], None] | None = None) -> PPOResult:
+          hooks: Hooks | None = None, prompt_messages: list | None = None,
+          eval_messages: list | None = None) -> RLResult:
     """Fine-tune `model` (or config.model) with evolution strategies on `prompts`, rewarded as PPO is (`reward_fn`
-    functions and/or a reward model, or config.rewards). With `checkpoint_dir` a run resumes from what is there."""
-    config = config or ESConfig()
+    functions and/or a reward model, or config.rewards). With `hooks.checkpoint_dir` a run resumes from what is
+    there."""
+    config, hooks = config or ESConfig(), hooks or Hooks()
     policy = as_spec(model) or config.model
     scorer_spec = as_spec(reward_model, ScorerSpec) or config.reward_model
     if policy is None:
         raise ConfigError("es.model: no initial policy given")
-    terms = reward_terms(config.rewards, reward_fn, reward_weights, has_model=scorer_spec is not None)
+    terms = reward_terms(config.rewards, reward_fn, reward_weights, has_model=scorer_spec is not None, section="es")
     ds.init_distributed()
     tokenizer = tokenizer or load_tokenizer(policy.name_or_path, field="es.model")
     torch.manual_seed(config.seed)
@@ -192,76 +208,30 @@ def train(prompts: list[str], reward_fn: RewardFn | Sequence[RewardFn] | None = 
     if any(t.fn is None for t in terms):
         scorer = load_scorer(scorer_spec, tokenizer, "es.reward_model",
                              lambda m: ds.inference(m, config.compute), config.seed + 2)
-    es = ES(config, lm, tokenizer, scorer, terms)
     max_positions = lm.config.max_position_embeddings
     encoded = encode_prompts(tokenizer, prompts, config.rollout.max_new_tokens, max_positions)
-    eval_encoded = encode_prompts(tokenizer, eval_prompts, config.rollout.max_new_tokens, max_positions,
-                                  "eval_prompts") if eval_prompts else []
-    checkpoints = Checkpoints(checkpoint_dir, config.checkpoint_every, on_checkpoint)
-    result, history = PPOResult(metrics={}), []
-
-    def report(metrics: dict[str, float], show: bool = True) -> None:
-        history.append({"iteration": es.iteration, **metrics})
-        if is_rank0():
-            if show:
-                log.info("es iteration %d/%d %s", es.iteration, config.iterations, " ".join(
-                    f"{k}={v:.4g}" for k, v in metrics.items() if math.isfinite(v) and not k.startswith(("time/", "perf/"))))
-            if on_log is not None:
-                on_log(es.iteration, metrics)
-
-    def evaluate() -> None:
-        metrics, result.eval_rows = es.evaluate(eval_encoded, list(eval_prompts), gold_fn, eval_messages)
-        if result.eval_before_rows:
-            key = "gold" if gold_fn is not None else "score"
-            metrics[f"{key}_win_rate_vs_initial"] = win_rate(per_prompt_means(result.eval_rows, key),
-                                                             per_prompt_means(result.eval_before_rows, key))
-        named = {held_out(k): v for k, v in metrics.items()}
-        result.metrics.update(named)
-        report(named)
-        if on_samples is not None and is_rank0():
-            on_samples(es.iteration, result.eval_rows)
-
-    if checkpoints.resume(es):
-        log.info("es resumed at iteration %d from %s", es.iteration, checkpoint_dir)
-    if eval_encoded:  # the initial policy (also after a resume: the SFT weights are not at hand then)
-        if es.iteration == 0:
-            evaluate()
-            result.metrics = {held_out(k.removeprefix(held_out("")), "initial"): v for k, v in result.metrics.items()}
-            result.eval_before_rows = result.eval_rows
-    if es.iteration == 0:
-        checkpoints.save(es)  # the base: the initial weights
-    n, b = len(encoded), min(config.batch_size, len(encoded))
-    while es.iteration < config.iterations:
-        order = np.random.default_rng(seed_for(config.seed, es.iteration, 7)).permutation(n)[:b]
-        stats = es.step([encoded[i] for i in order], [prompts[i] for i in order],
-                        [prompt_messages[i] for i in order] if prompt_messages else None)
-        result.metrics.update(stats)
-        report(stats, show=es.iteration % config.log_every == 0 or es.iteration == config.iterations)
-        checkpoints.save(es)
-        if eval_encoded and (es.iteration % config.eval_every == 0 or es.iteration == config.iterations):
-            evaluate()
-    result.history = history
+    held_out = encode_eval_set(tokenizer, eval_prompts or [], config.rollout.max_new_tokens, max_positions,
+                               eval_messages, gold_fn)
+    es = ES(config, lm, tokenizer, Reward(terms, scorer), encoded, list(prompts), prompt_messages)
+    result = fit(es, "es", held_out, hooks)
     if out_dir is not None and is_rank0():
         with atomic_dir(out_dir) as tmp:
             save_pretrained(merged(lm), tokenizer, tmp)
-            (tmp / "metrics.json").write_text(metrics_file(result.metrics))
-            (tmp / "history.jsonl").write_text("".join(json.dumps(reproducible(h)) + "\n" for h in history))
-            (tmp / "eval_samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.eval_rows))
+            for name, text in result.files().items():
+                (tmp / name).write_text(text)
     if dist.is_initialized():
         dist.barrier()
     return result
 
 
-def run(config: ESConfig, data_dir: str | Path, out_dir: str | Path, policy_dir: str | Path | None,
-        reward_dir: str | Path | None, gold_fn: RewardFn | None = None, checkpoint_dir: str | Path | None = None,
-        on_log: LogFn | None = None, on_samples: Callable[[int, list[dict]], None] | None = None,
-        on_checkpoint: Callable[[], None] | None = None) -> PPOResult:
+def run(config: ESConfig, inputs: Inputs, out: Path, hooks: Hooks) -> dict[str, float]:
     """The pipeline stage, on PPO's inputs: the prompts of preference_train, held-out eval_prompts, the SFT policy
-    and (when a term of es.rewards is the reward model) the reward model; writes the policy to `out_dir`."""
-    policy, scorer, records, evals = stage_inputs(config, data_dir, policy_dir, reward_dir, "es")
+    and (when a term of es.rewards is the reward model) the reward model; writes the policy to `out`."""
+    from components.evaluation.gold import load_gold
+
+    policy, scorer, records, evals = stage_inputs(config, inputs, "es")
     return train([r["prompt"] for r in records], config=config, model=policy, reward_model=scorer,
-                 tokenizer=load_data_tokenizer(data_dir),
-                 eval_prompts=[r["prompt"] for r in evals], gold_fn=gold_fn, out_dir=out_dir,
-                 checkpoint_dir=checkpoint_dir, on_log=on_log, on_samples=on_samples,
+                 tokenizer=load_data_tokenizer(inputs.dirs["data"]), eval_prompts=[r["prompt"] for r in evals],
+                 gold_fn=load_gold(inputs.gold), out_dir=out, hooks=hooks,
                  prompt_messages=[r.get("prompt_messages") for r in records],
-                 eval_messages=[r.get("prompt_messages") for r in evals], on_checkpoint=on_checkpoint)
+                 eval_messages=[r.get("prompt_messages") for r in evals]).metrics

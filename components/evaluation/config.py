@@ -7,7 +7,7 @@ from pydantic import Field, field_validator
 
 from components.config.base import StrictModel
 from components.config.functions import importable
-from components.ppo.config import RolloutConfig
+from components.rl.config import RolloutConfig
 
 
 class EvaluationConfig(StrictModel):

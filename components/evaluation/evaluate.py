@@ -20,9 +20,9 @@ from components.evaluation.metrics import distinct_n, held_out, per_prompt_means
 from components.io.atomic import atomic_dir
 from components.models.config import ModelSpec, ScorerSpec
 from components.models.loading import causal_lm, disable_dropout
-from components.ppo.models import Actor, response_logprobs
-from components.ppo.rewards import RewardFn
-from components.ppo.rollout import decode_responses, left_pad, rollout, sample_rows
+from components.rl.generation import Actor, decode_responses, left_pad, response_logprobs, rollout
+from components.rl.rewards import RewardFn
+from components.rl.scoring import sample_rows
 from components.reward.scoring import Scorer, load_scorer
 from components.sft.data import encode
 from components.sft.train import evaluate_loss

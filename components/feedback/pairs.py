@@ -10,8 +10,8 @@ import torch
 from components.data.prepare import load_data_tokenizer, read_split
 from components.models.config import ModelSpec
 from components.models.loading import causal_lm, disable_dropout
-from components.ppo.config import RolloutConfig
-from components.ppo.rollout import sample_texts
+from components.rl.config import RolloutConfig
+from components.rl.generation import sample_texts
 
 
 def make_pairs(data_dir: str | Path, policy_dir: str | Path, baseline_dir: str | Path | None, n: int, seed: int,

@@ -1,10 +1,14 @@
-"""Critic-free advantage estimators on plain tensors: GRPO, RLOO and REINFORCE++, and the loss aggregations that go
-with them. The PPO trainer calls these in place of GAE when `ppo.advantage` says so; rollout, scoring, the update,
-DeepSpeed, LoRA and resume stay the trainer's own."""
+"""Advantage estimators on plain tensors: GAE and the critic-free GRPO, RLOO and REINFORCE++, each a small function
+in `ESTIMATORS` (what `ppo.advantage` names), and the loss aggregations that go with them. Rollout, scoring, the
+update, DeepSpeed, LoRA and resume stay the trainer's own."""
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
+from components.ppo.config import PPOConfig
 from components.ppo.losses import compute_gae, masked_whiten
 
 
@@ -79,3 +83,47 @@ def token_weights(mask: torch.Tensor, how: str, max_tokens: int) -> torch.Tensor
     if how == "sequence_mean":
         return mask * n_tokens / (n_seqs * mask.sum(1, keepdim=True).clamp(min=1))
     return mask * n_tokens / (n_seqs * max_tokens)
+
+
+@dataclass
+class Returns:
+    """What an estimator reads, for a whole (all-gathered) batch of B samples with R response positions."""
+
+    rewards: torch.Tensor  # (B, R) per-token rewards: the shaped score on the last token, minus the KL penalty
+    values: torch.Tensor  # (B, R) the critic's values (zeros without one)
+    mask: torch.Tensor  # (B, R) 1 on response tokens of samples whose score is finite
+    scores: torch.Tensor  # (B,) the raw weighted scores
+    keep: torch.Tensor  # (B,) bool: the score is finite
+    groups: torch.Tensor  # (B,) the group (prompt slot) of each sample
+
+
+Estimate = tuple[torch.Tensor, torch.Tensor, dict[str, float]]  # advantages (B, R), returns (B, R), statistics
+
+
+def gae(x: Returns, c: PPOConfig) -> Estimate:
+    """PPO's GAE with the critic's values, whitened over the batch unless ppo.whiten_advantages is off."""
+    advantages, returns = compute_gae(x.rewards, x.values, x.mask, c.gamma, c.lam)
+    return (masked_whiten(advantages, x.mask) if c.whiten_advantages else advantages), returns, {}
+
+
+def reinforce_pp(x: Returns, c: PPOConfig) -> Estimate:
+    return reinforce_pp_advantages(x.rewards, x.mask, c.gamma), torch.zeros_like(x.rewards), {}
+
+
+def grpo(x: Returns, c: PPOConfig) -> Estimate:
+    """One sequence reward per sample (with the KL penalty when it is in the reward), against its group."""
+    advantages = grpo_advantages(x.rewards.sum(1), x.groups, x.keep, c.scale_rewards)
+    return advantages.unsqueeze(1) * x.mask, torch.zeros_like(x.rewards), _group_signal(x)
+
+
+def rloo(x: Returns, c: PPOConfig) -> Estimate:
+    advantages = rloo_advantages(x.rewards.sum(1), x.groups, x.keep)
+    return advantages.unsqueeze(1) * x.mask, torch.zeros_like(x.rewards), _group_signal(x)
+
+
+def _group_signal(x: Returns) -> dict[str, float]:
+    return {"frac_reward_zero_std": zero_std_fraction(x.scores, x.groups, x.keep)}
+
+
+ESTIMATORS: dict[str, Callable[[Returns, PPOConfig], Estimate]] = {
+    "gae": gae, "grpo": grpo, "rloo": rloo, "reinforce_pp": reinforce_pp}

@@ -1,5 +1,5 @@
-"""The PPO models: the actor (a causal LM, optionally with a value head on its trunk, optionally LoRA),
-a separate critic, the frozen reference, and the scorer. Each forward returns only the response positions."""
+"""Building PPO's models: the actor (a causal LM, optionally with a value head on its trunk, optionally LoRA; the
+`Actor` itself is the RL core's), a separate critic and the frozen reference."""
 from __future__ import annotations
 
 import contextlib
@@ -9,57 +9,9 @@ import torch
 from torch import nn
 
 from components.models.config import ModelSpec
-from components.models.forward import inner_model, position_ids
 from components.models.loading import causal_lm, disable_dropout, fused_gelu, token_value_model
 from components.models.lora import LoRAConfig, merged, trainable
-from components.models.precision import fp32_head
-
-
-class Actor(nn.Module):
-    """A causal LM and, in the value-head layout, a linear value head on its final hidden states (one trunk
-    forward gives both). `lm` is what `generate` runs and what is saved as the policy."""
-
-    def __init__(self, lm: nn.Module, value_head: bool):
-        super().__init__()
-        self.lm = lm
-        hidden = lm.config.hidden_size if hasattr(lm.config, "hidden_size") else lm.config.n_embd
-        self.v_head = nn.Linear(hidden, 1) if value_head else None
-        fp32_head(self.v_head)
-        if self.v_head is not None:
-            nn.init.normal_(self.v_head.weight, std=1.0 / (hidden + 1) ** 0.5)
-            nn.init.zeros_(self.v_head.bias)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int,
-                temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, R, V) predicting the last R tokens and values (B, R) of the states they are sampled in
-        (None without a value head). input_ids and attention_mask are (B, P + R)."""
-        inner = inner_model(self.lm)
-        hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                  position_ids=position_ids(attention_mask)).last_hidden_state  # (B, T, H)
-        hidden = hidden[:, -n_response - 1:-1]  # (B, R, H): the state before each response token
-        logits = inner.get_output_embeddings()(hidden) / (temperature or 1.0)  # (B, R, V)
-        values = self.v_head(hidden).squeeze(-1) if self.v_head is not None else None  # (B, R)
-        return logits, values
-
-    def values_of_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Values of final hidden states (..., H) -> (...)."""
-        return self.v_head(hidden).squeeze(-1)
-
-
-def response_values(critic: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    n_response: int) -> torch.Tensor:
-    """A separate critic's values (B, R) of the states before each of the last R tokens."""
-    out = critic(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask))
-    return out.logits[:, -n_response - 1:-1, 0].float()
-
-
-def response_logprobs(lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int,
-                      temperature: float = 1.0) -> torch.Tensor:
-    """log p(token) (B, R) of the last R tokens under a causal LM (the reference)."""
-    logits = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                logits_to_keep=n_response + 1).logits[:, :-1]  # (B, R, V)
-    logp = torch.log_softmax(logits.float() / (temperature or 1.0), dim=-1)
-    return torch.gather(logp, 2, input_ids[:, -n_response:].unsqueeze(-1)).squeeze(-1)
+from components.rl.generation import Actor
 
 
 def build_actor(spec: ModelSpec, tokenizer, value_head: bool, lora: LoRAConfig | None, seed: int,

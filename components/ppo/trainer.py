@@ -1,4 +1,4 @@
-"""PPO as named phases: rollout -> score -> compute_advantages -> update, one `step()` per iteration.
+"""PPO as named phases: rollout (sampled and scored) -> compute_advantages -> update, one `step()` per iteration.
 
 Every rank samples and scores its share of the prompts; the scored batch is then all-gathered, so advantages,
 whitening and minibatches are computed on the whole batch identically everywhere, and each minibatch loss is
@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,14 +21,15 @@ from components.compute.engine import world
 from components.compute.seeds import seed_for
 from components.models.precision import autocast
 from components.ppo import kl as klc
-from components.ppo.advantages import (group_ids, group_order, grpo_advantages, reinforce_pp_advantages, rloo_advantages,
-                                       token_weights, zero_std_fraction)
+from components.ppo.advantages import ESTIMATORS, Returns, group_ids, group_order, token_weights
 from components.ppo.config import PPOConfig
-from components.ppo.losses import (KL_ESTIMATORS, compute_gae, logprobs_and_entropy, masked_mean, masked_sum,
-                                   masked_whiten, policy_loss, value_loss)
-from components.ppo.models import Actor, adapters_disabled, response_values
-from components.ppo.rewards import RewardFn, RewardTerm, RunningMoments, combine_scores, shape_scores, token_rewards
-from components.ppo.rollout import Rollout, left_pad, rollout, sample_rows, score
+from components.ppo.losses import KL_ESTIMATORS, logprobs_and_entropy, masked_mean, masked_sum, policy_loss, value_loss
+from components.ppo.models import adapters_disabled
+from components.ppo.shaping import RunningMoments, shape_scores, token_rewards
+from components.rl.driver import EvalSet
+from components.rl.generation import Actor, Rollout, left_pad, response_values, rollout
+from components.rl.rewards import Reward, RewardTerm
+from components.rl.scoring import sample_rows, score
 from components.sft.data import collate, token_nll
 
 log = logging.getLogger(__name__)
@@ -52,12 +54,27 @@ class State:
     moments: dict | None = None
 
 
+@dataclass
+class Advantages:
+    """What `compute_advantages` makes of a scored batch: all (B, R) but `kl` (the mean k1 KL per sequence)."""
+
+    mask: torch.Tensor  # response tokens of samples whose score is finite
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    kl: float
+    stats: dict[str, float]
+
+
 class PPOTrainer:
+    """PPO's phases over DeepSpeed engines. `rewards` are the reward's terms (the reward model's among them is
+    scored by `models.scorer`)."""
+
     def __init__(self, config: PPOConfig, models: Models, tokenizer, prompts: list[list[int]],
                  prompt_texts: list[str], rewards: list[RewardTerm],
                  ptx_examples: list[tuple[list[int], list[int]]] | None = None, prompt_messages: list | None = None):
         self.config, self.models, self.tokenizer = config, models, tokenizer
         self.prompts, self.prompt_texts, self.rewards = prompts, prompt_texts, rewards
+        self.reward = Reward(rewards, models.scorer, config.nonfinite_rewards)
         self.prompt_messages = prompt_messages or [None] * len(prompts)
         self.ptx_examples = ptx_examples or []
         self.prompt_width = max(len(p) for p in prompts)
@@ -86,10 +103,11 @@ class PPOTrainer:
         rank, world_size = world()
         return out[rank::world_size]
 
-    # -- phase 1 + 2: rollout and score ---------------------------------------------------------------------
+    # -- phase 1: rollout, sampled and scored ----------------------------------------------------------------
     def rollout_and_score(self, prompts: list[list[int]], texts: list[str], salt: int = 0,
                           messages: list | None = None) -> tuple[Rollout, list[str]]:
-        """Sample, then score, this rank's prompts. Sampling is seeded by (seed, iteration, rank, salt)."""
+        """This rank's prompts sampled (seeded by seed, iteration, rank, salt) and scored: the finished batch (old
+        log-probs and values, the reference's log-probs, the reward) and the response texts."""
         ids, mask = left_pad(prompts, self.tokenizer.pad_token_id, max(self.prompt_width, max(map(len, prompts))))
         torch.manual_seed(seed_for(self.config.seed, self.iteration, world()[0], salt))
         t0 = time.perf_counter()
@@ -98,12 +116,11 @@ class PPOTrainer:
                             old_logprobs=not self.bf16)
         t1 = time.perf_counter()
         if self.bf16:
-            self._training_forward_logprobs(batch)
-        with self._reference() as ref, autocast(self.config.compute.precision):
-            batch, responses, raw = score(batch, ref, self.models.critic, self.models.scorer, self.rewards, texts,
-                                          self.tokenizer, self.config.rollout.temperature, messages)
-        batch.scores, batch.term_scores, batch.keep = combine_scores(raw, self.rewards, len(prompts),
-                                                                     self.config.nonfinite_rewards)
+            batch = self._training_forward_logprobs(batch)
+        with self._reference() as ref:
+            batch, responses = score(batch, texts, self.reward, self.tokenizer, reference=ref,
+                                     critic=self.models.critic, temperature=self.config.rollout.temperature,
+                                     messages=messages, precision=self.config.compute.precision)
         self.timings.update(generate=t1 - t0, score=time.perf_counter() - t1)
         return batch, responses
 
@@ -114,21 +131,23 @@ class PPOTrainer:
         return self.config.compute.precision != "fp32"
 
     @torch.no_grad()
-    def _training_forward_logprobs(self, batch: Rollout) -> None:
-        """The old log-probs (and value-head values) from a training-shaped forward instead of generate's steps,
-        in the update's micro-batch shape (so at step 0 the update's ratio is exactly 1). In fp32 both agree to
-        ~1e-6; in bf16 the KV-cache shapes pick other kernels and round differently (measured on SmolLM2:
-        |ratio - 1| 0.016 on average at step 0, up to 0.09). Costs one no-grad forward of the batch, as TRL's
-        rollout always does."""
+    def _training_forward_logprobs(self, batch: Rollout) -> Rollout:
+        """`batch` with the old log-probs (and value-head values) from a training-shaped forward instead of
+        generate's steps, in the update's micro-batch shape (so at step 0 the update's ratio is exactly 1). In fp32
+        both agree to ~1e-6; in bf16 the KV-cache shapes pick other kernels and round differently (measured on
+        SmolLM2: |ratio - 1| 0.016 on average at step 0, up to 0.09). Costs one no-grad forward of the batch, as
+        TRL's rollout always does."""
         c, r, micro = self.config, batch.n_response, self._micro_size()
         tokens, mask = batch.input_ids[:, -r:], batch.response_mask
+        logprobs, values = torch.zeros_like(batch.logprobs), batch.values.clone()  # (B, R) each
         for start in range(0, len(tokens), micro):
             rows = slice(start, start + micro)
-            logits, values = self.models.actor(batch.input_ids[rows], batch.attention_mask[rows], r,
-                                               c.rollout.temperature)
-            batch.logprobs[rows] = logprobs_and_entropy(logits, tokens[rows])[0] * mask[rows]
-            if values is not None:
-                batch.values[rows] = values.float()
+            logits, part = self.models.actor(batch.input_ids[rows], batch.attention_mask[rows], r,
+                                             c.rollout.temperature)
+            logprobs[rows] = logprobs_and_entropy(logits, tokens[rows])[0] * mask[rows]
+            if part is not None:
+                values[rows] = part.float()
+        return replace(batch, logprobs=logprobs, values=values)
 
     @contextlib.contextmanager
     def _reference(self):
@@ -142,9 +161,10 @@ class PPOTrainer:
             with adapters_disabled(self.actor) as base:
                 yield base
 
-    # -- phase 3: advantages ----------------------------------------------------------------------------------
-    def compute_advantages(self, batch: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
-        """(mask, advantages, returns) all (B, R), and rollout stats. Samples with non-finite scores get mask 0."""
+    # -- phase 2: advantages ----------------------------------------------------------------------------------
+    def compute_advantages(self, batch: Rollout) -> Advantages:
+        """Advantages and returns of the (whole) scored batch by the configured estimator, and the rollout's
+        statistics. Samples with non-finite scores get mask 0. Reads the KL coefficient; `step` updates it."""
         c = self.config
         mask = batch.response_mask * batch.keep.unsqueeze(1)  # (B, R)
         shaped = shape_scores(batch.scores, batch.keep, batch.has_eos, c.missing_eos_penalty, self.moments,
@@ -153,20 +173,9 @@ class PPOTrainer:
                                     c.kl.estimator, c.kl.in_reward)
         kept = batch.keep.float()
         seq_kl = ((batch.logprobs - batch.ref_logprobs) * mask).sum(1)  # (B,) k1 per sequence
-        group_stats = {}
-        if c.advantage == "gae":
-            advantages, returns = compute_gae(rewards, batch.values, mask, c.gamma, c.lam)
-            if c.whiten_advantages:
-                advantages = masked_whiten(advantages, mask)
-        elif c.advantage == "reinforce_pp":
-            advantages, returns = reinforce_pp_advantages(rewards, mask, c.gamma), torch.zeros_like(rewards)
-        else:  # grpo, rloo: one sequence reward (with the KL penalty when it is in the reward) per sample
-            sequence = rewards.sum(1)
-            groups = group_ids(len(sequence), world()[1], c.num_generations)
-            adv = (grpo_advantages(sequence, groups, batch.keep, c.scale_rewards) if c.advantage == "grpo"
-                   else rloo_advantages(sequence, groups, batch.keep))
-            advantages, returns = adv.unsqueeze(1) * mask, torch.zeros_like(rewards)
-            group_stats = {"frac_reward_zero_std": zero_std_fraction(batch.scores, groups, batch.keep)}
+        groups = group_ids(len(kept), world()[1], c.num_generations)
+        advantages, returns, group_stats = ESTIMATORS[c.advantage](
+            Returns(rewards, batch.values, mask, batch.scores, batch.keep, groups), c)
         # TRL's PPOTrainer names (objective/, policy/, loss/, val/), so its users read these curves as they know them
         score, kl_mean = masked_mean(batch.scores, kept).item(), masked_mean(seq_kl, kept).item()
         stats = {"objective/scores": score, "objective/scores_std": _std(batch.scores[batch.keep]),
@@ -186,10 +195,9 @@ class PPOTrainer:
         scorer = self.models.scorer
         if scorer is not None and not scorer.same:  # re-tokenised for a scorer with its own tokenizer
             stats["objective/scorer_truncated"] = float(scorer.truncated)
-        self.kl_ctl.update(kl_mean, len(kept))
-        return mask, advantages, returns, stats
+        return Advantages(mask, advantages, returns, kl_mean, stats)
 
-    # -- phase 4: update ----------------------------------------------------------------------------------------
+    # -- phase 3: update ----------------------------------------------------------------------------------------
     def update(self, batch: Rollout, mask: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor) -> dict:
         """ppo_epochs passes of num_minibatches optimizer steps over the (whole, gathered) batch; each minibatch
         holds whole groups (all samples of its prompts)."""
@@ -268,32 +276,34 @@ class PPOTrainer:
 
     # -- one iteration ------------------------------------------------------------------------------------------
     def step(self) -> dict[str, float]:
-        """rollout -> score -> (all-gather) -> compute_advantages -> update. Returns this iteration's metrics."""
+        """rollout and score -> (all-gather) -> compute_advantages -> KL controller -> update. Returns this
+        iteration's metrics."""
         t0 = time.perf_counter()
         indices = [i for i in self.prompt_indices(self.iteration) for _ in range(self.config.num_generations)]
         batch, _ = self.rollout_and_score([self.prompts[i] for i in indices], [self.prompt_texts[i] for i in indices],
                                           messages=[self.prompt_messages[i] for i in indices])
         batch = _all_gather(batch)
-        mask, advantages, returns, stats = self.compute_advantages(batch)
+        adv = self.compute_advantages(batch)
+        self.kl_ctl.update(adv.kl, len(batch.keep))  # Ziegler et al.: beta follows the KL of this batch
         t1 = time.perf_counter()
         self.models.actor.train()
-        stats.update(self.update(batch, mask, advantages, returns))
+        stats = {**adv.stats, **self.update(batch, adv.mask, adv.advantages, adv.returns)}
         self.timings["update"] = time.perf_counter() - t1
         seconds = time.perf_counter() - t0
         stats.update({f"time/{k}": v for k, v in self.timings.items()}, **{
-            "time/iteration": seconds, "perf/samples_per_s": len(mask) / seconds,
+            "time/iteration": seconds, "perf/samples_per_s": len(adv.mask) / seconds,
             "perf/gen_tokens_per_s": batch.response_mask.sum().item() / max(self.timings["generate"], 1e-9)})
         self.iteration += 1
         return stats
 
     # -- held-out evaluation -----------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, prompts: list[list[int]], texts: list[str], gold_fn: RewardFn | None = None,
-                 n_samples: int = 1, messages: list | None = None) -> tuple[dict[str, float], list[dict]]:
-        """Sample `n_samples` responses per held-out prompt (sharded over ranks); return mean score, gold score
-        (when a gold scorer is given), KL to the reference and length, plus per-sample rows (all ranks')."""
+    def evaluate(self, eval_set: EvalSet) -> tuple[dict[str, float], list[dict]]:
+        """Sample ppo.eval_samples responses per held-out prompt (sharded over ranks); return mean score, gold score
+        (when the set has a gold scorer), KL to the reference and length, plus per-sample rows (all ranks')."""
+        prompts, texts, messages, gold_fn = eval_set.prompts, eval_set.texts, eval_set.messages, eval_set.gold_fn
         rank, world_size = world()
-        mine = [i for i in range(len(prompts)) if i % world_size == rank] * n_samples
+        mine = [i for i in range(len(prompts)) if i % world_size == rank] * self.config.eval_samples
         rows = []
         self.models.actor.eval()
         for start in range(0, len(mine), self.config.batch_size):
@@ -322,17 +332,24 @@ class PPOTrainer:
         if state.get("moments") is not None:
             self.moments = RunningMoments(**state["moments"])
 
-    def save_checkpoint(self, ckpt_dir, extra: dict | None = None) -> None:
-        """Engine states (weights, optimizer, scheduler), the trainer State and the caller's `extra` (plain data
-        it needs back on resume), tagged by iteration."""
+    def save_checkpoint(self, ckpt_dir, extra: dict | None = None) -> bool:
+        """Every ppo.checkpoint_every iterations: engine states (weights, optimizer, scheduler), the trainer State
+        and the caller's `extra` (plain data it needs back on resume), tagged by iteration. Whether it saved."""
+        every = self.config.checkpoint_every
+        if not every or self.iteration == 0 or self.iteration % every:
+            return False
         tag = f"iter{self.iteration:06d}"
         client = {"ppo": self.state().__dict__, "extra": extra or {}}
         ds.save_checkpoint(self.models.actor, f"{ckpt_dir}/actor", tag, client)
         if self.models.critic is not None:
             ds.save_checkpoint(self.models.critic, f"{ckpt_dir}/critic", tag)
+        return True
 
-    def load_checkpoint(self, ckpt_dir) -> dict:
-        """Restore the latest checkpoint in `ckpt_dir` (training continues with the next iteration); its `extra`."""
+    def load_checkpoint(self, ckpt_dir) -> dict | None:
+        """Restore the latest checkpoint in `ckpt_dir` (training continues with the next iteration); its `extra`,
+        None when there is no checkpoint there."""
+        if not Path(ckpt_dir, "actor", "latest").exists():
+            return None
         client = ds.load_checkpoint(self.models.actor, f"{ckpt_dir}/actor")
         if self.models.critic is not None:
             ds.load_checkpoint(self.models.critic, f"{ckpt_dir}/critic")

@@ -1,14 +1,14 @@
 """The reward-model stage: fit r(x, y) on preference pairs, report accuracy on held-out pairs."""
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from components.compute import engine as ds
-from components.compute.loop import LogFn, metrics_file, start, train
+from components.compute.loop import metrics_file, start, train
 from components.data.prepare import load_data_tokenizer, read_split
+from components.errors import ConfigError
 from components.feedback.labels import read_dataset
 from components.models.config import ModelSpec
 from components.models.loading import load_tokenizer, reward_model
@@ -16,6 +16,7 @@ from components.models.lora import merged, trainable
 from components.reward.config import RewardConfig
 from components.reward.losses import pairwise_accuracy, pairwise_loss
 from components.reward.scoring import RewardModel, pad_right, scored_ids
+from components.stage import Hooks, Inputs
 
 Pair = tuple[list[int], list[int]]  # token ids of the chosen and the rejected scored sequence
 
@@ -35,24 +36,22 @@ def score_batch(model: RewardModel, sequences: list[list[int]], pad_id: int) -> 
     return model(*pad_right(sequences, pad_id))
 
 
-def run(config: RewardConfig, data_dir: str | Path, out_dir: str | Path, max_length: int,
-        base_model: str | None = None, on_log: LogFn | None = None,
-        feedback_dirs: list[str | Path] = (), checkpoint_dir: str | Path | None = None,
-        on_checkpoint: Callable[[], None] | None = None) -> dict[str, float]:
-    """Train a reward model from `config.model`, or else from `base_model` (the SFT output dir), and write a
-    HF directory (AutoModelForSequenceClassification, num_labels=1) with metrics.json to `out_dir` atomically.
-    A `config.model` with its own tokenizer reads the pairs in its tokens. `feedback_dirs` are stored
-    human-feedback datasets whose pairs are added to preference_train. With `checkpoint_dir`, checkpoints go there
-    every config.checkpoint_every steps and one found there is resumed."""
+def run(config: RewardConfig, inputs: Inputs, out: Path, hooks: Hooks) -> dict[str, float]:
+    """Train a reward model from `config.model`, or else from the SFT output (`inputs.dirs["sft"]`), on data prep's
+    preference_train pairs plus the stored human-feedback datasets `inputs.feedback`, and write a HF directory
+    (AutoModelForSequenceClassification, num_labels=1) with metrics.json to `out` atomically. A `config.model` with
+    its own tokenizer reads the pairs in its tokens. With `hooks.checkpoint_dir`, checkpoints go there every
+    config.checkpoint_every steps and one found there is resumed."""
+    base_model, data_dir, max_length = inputs.dirs.get("sft"), inputs.dirs["data"], inputs.max_length
     spec = config.model or (ModelSpec(name_or_path=str(base_model)) if base_model else None)
     if spec is None:
-        raise ValueError("reward.model is not set and no SFT model was given as the base")
+        raise ConfigError("reward.model is not set and no SFT model was given as the base")
     ds.init_distributed()
     torch.manual_seed(config.seed)
     tokenizer = (load_data_tokenizer(data_dir) if spec.arch is not None  # a backbone reads pairs in its own tokens
                  else load_tokenizer(spec.name_or_path, field="reward.model", trust_remote_code=spec.trust_remote_code))
     records = read_split(data_dir, "preference_train")
-    records += [r for d in feedback_dirs for r in read_dataset(d)]
+    records += [r for d in inputs.feedback for r in read_dataset(d)]
     train_set = [encode_pair(tokenizer, r, max_length) for r in records]
     eval_set = [encode_pair(tokenizer, r, max_length) for r in read_split(data_dir, "preference_eval")]
     hf_model = trainable(reward_model(spec, tokenizer, field="reward.model"), config.lora, "SEQ_CLS",
@@ -70,8 +69,8 @@ def run(config: RewardConfig, data_dir: str | Path, out_dir: str | Path, max_len
         return evaluate_pairs(engine, eval_set, tokenizer.pad_token_id, config.compute.micro_batch_size,
                               config.margin)
 
-    metrics = train(engine, plan, step_fn, evaluate, on_log, checkpoint_dir, config.checkpoint_every, on_checkpoint)
-    ds.save_hf(engine, tokenizer, out_dir, {"metrics.json": metrics_file(metrics)}, select=lambda m: merged(m.model))
+    metrics = train(engine, plan, step_fn, evaluate, hooks, config.checkpoint_every)
+    ds.save_hf(engine, tokenizer, out, {"metrics.json": metrics_file(metrics)}, select=lambda m: merged(m.model))
     return metrics
 
 

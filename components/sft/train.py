@@ -2,26 +2,26 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from components.compute import engine as ds
-from components.compute.loop import LogFn, metrics_file, start, train
+from components.compute.loop import metrics_file, start, train
 from components.data.prepare import load_data_tokenizer, read_split
 from components.models.loading import causal_lm
 from components.models.lora import merged, trainable
 from components.sft.config import SFTConfig
 from components.sft.data import collate, encode, token_nll
+from components.stage import Hooks, Inputs
 
 
-def run(config: SFTConfig, data_dir: str | Path, out_dir: str | Path, max_length: int,
-        on_log: LogFn | None = None, checkpoint_dir: str | Path | None = None,
-        on_checkpoint: Callable[[], None] | None = None) -> dict[str, float]:
-    """Train, then write a HF directory (model + tokenizer + metrics.json) to `out_dir` atomically.
-    Returns metrics including `sft/eval/loss_before`, `sft/eval/loss` and `sft/eval/perplexity`. With
-    `checkpoint_dir`, checkpoints go there every config.checkpoint_every steps and one found there is resumed."""
+def run(config: SFTConfig, inputs: Inputs, out: Path, hooks: Hooks) -> dict[str, float]:
+    """Train on data prep's sft_train split (`inputs.dirs["data"]`, sequences cut at data.max_length), then write a HF
+    directory (model + tokenizer + metrics.json) to `out` atomically. Returns metrics including
+    `sft/eval/loss_before`, `sft/eval/loss` and `sft/eval/perplexity`. With `hooks.checkpoint_dir`, checkpoints go
+    there every config.checkpoint_every steps and one found there is resumed."""
+    data_dir, max_length = inputs.dirs["data"], inputs.max_length
     ds.init_distributed()
     torch.manual_seed(config.seed)
     tokenizer = load_data_tokenizer(data_dir)
@@ -43,9 +43,9 @@ def run(config: SFTConfig, data_dir: str | Path, out_dir: str | Path, max_length
     engine.eval()
     with torch.no_grad():
         before = evaluate()
-    metrics = {"sft/eval/loss_before": before["loss"], **train(engine, plan, step_fn, evaluate, on_log, checkpoint_dir,
-                                                               config.checkpoint_every, on_checkpoint)}
-    ds.save_hf(engine, tokenizer, out_dir, {"metrics.json": metrics_file(metrics)}, select=merged)
+    metrics = {"sft/eval/loss_before": before["loss"],
+               **train(engine, plan, step_fn, evaluate, hooks, config.checkpoint_every)}
+    ds.save_hf(engine, tokenizer, out, {"metrics.json": metrics_file(metrics)}, select=merged)
     return metrics
 
 

@@ -82,7 +82,7 @@ def test_deploy_schedule_schema_and_a_run_from_the_ui(deployed):
     # The UI's Run button with a custom config: POST /deployments/{id}/create_flow_run with parameters.
     # SFT goes to the gpu pool (its sft-adhoc deployment, run by a second worker); PPO holds the gpu slot.
     tiny = load_config("configs/tiny.yaml", [f"output_dir={tmp}/artifacts", f"state_dir={tmp}/state",
-                                             "sft.compute.work_pool=gpu", "ppo.compute.concurrency_limit=gpu"])
+                                             "placement.sft.work_pool=gpu", "placement.ppo.concurrency_limit=gpu"])
     run = api(base, f"/deployments/{retrain['id']}/create_flow_run",
                {"parameters": {"config": tiny.model_dump(mode="json")}})
     workers = [subprocess.Popen(PREFECT + ["worker", "start", "--pool", pool], env=env, cwd=ROOT, stdout=subprocess.PIPE,

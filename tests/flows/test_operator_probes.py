@@ -200,7 +200,7 @@ def test_a_secret_in_the_tracking_uri_is_stored_and_printed_nowhere(env):
         secret = "planted-Secret-4711"
         tracking = {**env[0], "MLFLOW_TRACKING_URI": f"http://alice:{secret}@127.0.0.1:{port}"}
         out = finish(rlhf((tracking, tmp), tmp / "state", "--set", "sft.seed=17", "--set",
-                          "sft.compute.num_processes=2"))
+                          "placement.sft.num_processes=2"))
         from mlflow.tracking import MlflowClient
         client = MlflowClient(tracking["MLFLOW_TRACKING_URI"])
         [pipeline] = client.search_runs([client.get_experiment_by_name("rlhf-tiny").experiment_id],

@@ -7,6 +7,7 @@ import pytest
 from components.data.gold import gold_scores
 from components.data.prepare import load_data_tokenizer, read_split
 from components.ppo import run, train
+from components.stage import Hooks, inputs_for
 
 
 def _critic_free(demo_config, **update):
@@ -23,9 +24,10 @@ def _learned(m, kl_bound=20.0):
 def test_grpo_with_the_reward_model_beats_sft_by_gold(demo_config, demo_data, sft_run, reward_run, tmp_path):
     config = _critic_free(demo_config, advantage="grpo", loss_aggregation="sequence_mean")
     logged = []
-    result = run(config, demo_data.path, tmp_path / "grpo", sft_run[0], reward_run[0], demo_config.data.max_length,
-                 gold_fn=gold_scores, on_log=lambda step, m: logged.append(m))
-    _learned(result.metrics)
+    dirs = {"data": demo_data.path, "sft": sft_run[0], "reward": reward_run[0]}  # the demo's gold scorer: gold_scores
+    metrics = run(config, inputs_for("ppo", demo_config, dirs), tmp_path / "grpo",
+                  Hooks(on_log=lambda step, m: logged.append(m)))
+    _learned(metrics)
     stats = [m for m in logged if "loss/policy_avg" in m]
     assert all("loss/value_avg" not in m and 0.0 <= m["frac_reward_zero_std"] <= 1.0 for m in stats)
     assert (tmp_path / "grpo" / "model.safetensors").is_file()
@@ -46,7 +48,7 @@ def test_rloo_with_weighted_python_rewards_and_no_reference_beats_sft_by_gold(de
     logged = []
     result = train(prompts, reward_fn=[gold_scores, finished], reward_weights=[1.0, 0.5], config=config,
                    model=str(sft_run[0]), eval_prompts=held_out, gold_fn=gold_scores,
-                   on_log=lambda step, m: logged.append(m))
+                   hooks=Hooks(on_log=lambda step, m: logged.append(m)))
     m = result.metrics
     assert m["eval/gold_win_rate_vs_initial"] >= 0.75, m
     assert m["eval/gold_mean"] > m["eval/initial/gold_mean"] + 0.5, m

@@ -10,13 +10,15 @@ from components.models.loading import causal_lm
 from components.models.lora import LoRAConfig, apply_lora
 from components.sft.data import collate, encode, token_nll
 from components.sft.train import run
+from components.stage import Hooks, inputs_for
 
 
 def first_losses(demo_data, tmp_path, stage: int) -> list[float]:
     config = load_config("configs/demo.yaml", [f"sft.compute.zero_stage={stage}", "sft.max_steps=3",
                                                "sft.log_every=1", "sft.eval_every=1000"])
     logged = []
-    run(config.sft, demo_data.path, tmp_path / f"z{stage}", 64, on_log=lambda s, m: logged.append(m))
+    run(config.sft, inputs_for("sft", config, {"data": demo_data.path}), tmp_path / f"z{stage}",
+        Hooks(on_log=lambda s, m: logged.append(m)))
     return [m["sft/train/loss"] for m in logged if "sft/train/loss" in m]
 
 

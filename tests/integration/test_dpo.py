@@ -6,13 +6,14 @@ from safetensors.torch import load_file
 from components.compute.loop import reproducible
 from components.config.loading import load_config
 from components.dpo.train import REFERENCE_FILE, run
+from components.stage import Hooks, inputs_for
 
 
 @pytest.fixture(scope="module")
 def dpo_run(demo_config, demo_data, sft_run, tmp_path_factory):
     out, logged = tmp_path_factory.mktemp("dpo") / "model", []
-    metrics = run(demo_config.dpo, demo_data.path, out, demo_config.data.max_length, base_model=sft_run[0],
-                  on_log=lambda step, m: logged.append((step, m)))
+    metrics = run(demo_config.dpo, inputs_for("dpo", demo_config, {"data": demo_data.path, "sft": sft_run[0]}), out,
+                  Hooks(on_log=lambda step, m: logged.append((step, m))))
     return out, metrics, logged
 
 
@@ -38,8 +39,8 @@ def test_dpo_beats_sft_by_the_gold_scorer(dpo_run, demo_config, demo_data, sft_r
 def _short(tmp_path, demo_data, sft_dir, name, overrides=(), on_log=None, checkpoint_dir=None):
     config = load_config("configs/demo.yaml", ["dpo.max_steps=8", "dpo.log_every=1", "dpo.eval_every=4",
                                                "dpo.checkpoint_every=3", *overrides])
-    metrics = run(config.dpo, demo_data.path, tmp_path / name, 64, base_model=sft_dir, on_log=on_log,
-                  checkpoint_dir=checkpoint_dir)
+    metrics = run(config.dpo, inputs_for("dpo", config, {"data": demo_data.path, "sft": sft_dir}), tmp_path / name,
+                  Hooks(on_log=on_log or (lambda step, m: None), checkpoint_dir=checkpoint_dir))
     return metrics, load_file(str(tmp_path / name / "model.safetensors"))
 
 
@@ -83,7 +84,7 @@ def test_feedback_datasets_join_the_training_pairs(demo_data, sft_run, tmp_path)
     records = [{"prompt": "Review of Up:", "chosen": " A moving film.", "rejected": " dull dull"}] * 5
     write_dataset(records, {"rows": 5}, "labels.jsonl", tmp_path / "feedback")
     config = load_config("configs/demo.yaml", ["dpo.max_steps=1", "dpo.eval_every=1000"])
-    plain = run(config.dpo, demo_data.path, tmp_path / "plain", 64, base_model=sft_run[0])
-    added = run(config.dpo, demo_data.path, tmp_path / "added", 64, base_model=sft_run[0],
-                feedback_dirs=[tmp_path / "feedback"])
+    dirs = {"data": demo_data.path, "sft": sft_run[0]}
+    plain = run(config.dpo, inputs_for("dpo", config, dirs), tmp_path / "plain", Hooks())
+    added = run(config.dpo, inputs_for("dpo", config, dirs, [tmp_path / "feedback"]), tmp_path / "added", Hooks())
     assert added["dpo/data/pairs"] == plain["dpo/data/pairs"] + 5

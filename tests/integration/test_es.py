@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from components.data.gold import gold_scores
 from components.data.prepare import load_data_tokenizer, read_split
+from components.stage import Hooks, Inputs, inputs_for
 
 
 def _es(demo_config, **update):
@@ -17,12 +17,11 @@ def test_es_climbs_the_reward_model_and_the_greedy_gold_score(demo_config, demo_
 
     config = _es(demo_config, iterations=30, eval_every=30)
     logged = []
-    result = run(config, demo_data.path, tmp_path / "es", sft_run[0], reward_run[0], gold_fn=gold_scores,
-                 on_log=lambda step, m: logged.append(m))
+    dirs = {"data": demo_data.path, "sft": sft_run[0], "reward": reward_run[0]}  # the demo's gold: gold_scores
+    m = run(config, inputs_for("es", demo_config, dirs), tmp_path / "es", Hooks(on_log=lambda step, m: logged.append(m)))
     rewards = [m["es/reward_mean"] for m in logged if "es/reward_mean" in m]
     assert len(rewards) == 30
     assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5 + 0.5, rewards  # the population's reward climbs
-    m = result.metrics
     assert m["eval/gold_mean"] > m["eval/initial/gold_mean"] + 0.5, m  # held out, by the independent scorer
     assert (tmp_path / "es" / "model.safetensors").is_file()
 
@@ -38,7 +37,8 @@ def test_es_resumes_bit_exactly_from_its_base_and_seed_log(demo_config, demo_dat
 
     def train(iterations, out, checkpoints=None):
         config = _small(demo_config, iterations=iterations, checkpoint_every=2)
-        return run(config, demo_data.path, out, sft_run[0], None, checkpoint_dir=checkpoints)
+        inputs = Inputs(dirs={"data": demo_data.path, "sft": sft_run[0]}, settings={"gold": None})
+        return run(config, inputs, out, Hooks(checkpoint_dir=checkpoints))
 
     train(4, tmp_path / "straight")
     train(3, tmp_path / "first", tmp_path / "ckpt")  # stops after 3: base at iteration 2, one log line after it
@@ -53,19 +53,20 @@ def test_es_with_lora_moves_only_the_adapters(demo_config, demo_data, sft_run):
     from components.models.config import ModelSpec
     from components.models.loading import causal_lm
     from components.models.lora import trainable
-    from components.ppo.api import encode_prompts
-    from components.ppo.rewards import reward_terms
+    from components.rl.driver import encode_prompts
+    from components.rl.rewards import Reward, reward_terms
 
     config = _small(demo_config, lora={"r": 4, "alpha": 8}, sigma=1.0)  # B starts at 0: it takes a big step to matter
     tok = load_data_tokenizer(demo_data.path)
     lm = trainable(causal_lm(ModelSpec(name_or_path=str(sft_run[0])), tok, "es.model"), config.lora, "CAUSAL_LM")
-    es = ES(config, lm.eval(), tok, None, reward_terms(config.rewards, None, None, has_model=False))
+    texts = [r["prompt"] for r in read_split(demo_data.path, "eval_prompts")[:4]]
+    es = ES(config, lm.eval(), tok, Reward(reward_terms(config.rewards, None, None, has_model=False)),
+            encode_prompts(tok, texts, 8, 128), texts)
     trained = {n for n, p in lm.named_parameters() if p.requires_grad}
     assert trained and all("lora_" in n for n in trained) and len(es.params) == len(trained)
     before = {n: p.detach().clone() for n, p in lm.named_parameters()}
-    texts = [r["prompt"] for r in read_split(demo_data.path, "eval_prompts")[:4]]
     for _ in range(2):
-        es.step(encode_prompts(tok, texts, 8, 128), texts, None)
+        es.step()
     after = dict(lm.named_parameters())
     assert all(torch.equal(before[n], after[n]) for n in before if n not in trained)  # the base never moves
     assert any(not torch.equal(before[n], after[n]) for n in trained)
@@ -80,6 +81,7 @@ def test_es_scores_with_a_bf16_reward_model(demo_config, demo_data, sft_run, rew
     compute = {**demo_config.es.compute.model_dump(), "precision": "bf16"}
     config = _small(demo_config, rewards=[{"function": None}], compute=compute)
     logged = []
-    run(config, demo_data.path, tmp_path / "es", sft_run[0], reward_run[0], on_log=lambda step, m: logged.append(m))
+    inputs = Inputs(dirs={"data": demo_data.path, "sft": sft_run[0], "reward": reward_run[0]}, settings={"gold": None})
+    run(config, inputs, tmp_path / "es", Hooks(on_log=lambda step, m: logged.append(m)))
     rewards = [m["es/reward_mean"] for m in logged if "es/reward_mean" in m]
     assert len(rewards) == 4 and all(math.isfinite(r) for r in rewards), rewards

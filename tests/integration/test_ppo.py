@@ -10,7 +10,8 @@ from components.data.gold import gold_scores
 from components.data.prepare import load_data_tokenizer, read_split
 from components.errors import DataError
 from components.ppo import PPOConfig, run, train
-from components.ppo.rewards import RewardError, RewardTerm
+from components.rl.rewards import RewardError, RewardTerm
+from components.stage import Hooks, inputs_for
 
 TINY = dict(iterations=2, batch_size=8, num_minibatches=2, ppo_epochs=2, lr=1e-4, eval_every=100,
             compute={"micro_batch_size": 2}, rollout={"max_new_tokens": 12})
@@ -27,14 +28,15 @@ def _iterations(result):
 @pytest.fixture(scope="module")
 def ppo_run(demo_config, demo_data, sft_run, reward_run, tmp_path_factory):
     out, logged = tmp_path_factory.mktemp("ppo") / "policy", []
-    result = run(demo_config.ppo, demo_data.path, out, sft_run[0], reward_run[0], demo_config.data.max_length,
-                 gold_fn=gold_scores, on_log=lambda step, m: logged.append((step, m)))
-    return out, result, logged
+    dirs = {"data": demo_data.path, "sft": sft_run[0], "reward": reward_run[0]}
+    assert demo_config.gold_fn == "components.data.gold:gold_scores"  # the gold scorer of held-out samples
+    metrics = run(demo_config.ppo, inputs_for("ppo", demo_config, dirs), out,
+                  Hooks(on_log=lambda step, m: logged.append((step, m))))
+    return out, metrics, logged
 
 
 def test_ppo_beats_sft_by_the_gold_scorer(ppo_run):
-    out, result, logged = ppo_run
-    m = result.metrics
+    out, m, logged = ppo_run
     # The gold scorer never trained anything: a rise is real. Each held-out prompt is compared by its mean
     # gold score over 4 samples from the PPO policy and 4 from the SFT policy (ties count half).
     assert m["eval/gold_win_rate_vs_initial"] >= 0.75, m
@@ -59,9 +61,10 @@ def test_saved_policy_loads_and_generates(ppo_run, demo_data):
 def test_rollout_logprobs_and_values_match_a_full_forward(demo_data, sft_run):
     """The old log-probs and values come from generate's own steps (no second forward); they must equal a
     full forward of the finished sequences, also after trimming a minibatch's padding columns."""
-    from components.ppo.api import build_models, encode_prompts
-    from components.ppo.rollout import left_pad, rollout
+    from components.ppo.api import build_models
+    from components.rl.driver import encode_prompts
     from components.ppo.trainer import PPOTrainer
+    from components.rl.generation import left_pad, rollout
 
     tok = load_data_tokenizer(demo_data.path)
     config = PPOConfig(**TINY)
@@ -96,13 +99,13 @@ def test_resume_continues_exactly(demo_data, sft_run, tmp_path):
     prompts = _prompts(demo_data)
     tok = load_data_tokenizer(demo_data.path)
 
-    def go(iterations, ckpt, resume=False):
+    def go(iterations, ckpt, name):  # a run finding a checkpoint in its checkpoint_dir resumes it
         return train(prompts, gold_scores, PPOConfig(**{**settings, "iterations": iterations}), model=sft_run[0],
-                     tokenizer=tok, checkpoint_dir=ckpt, resume=resume, out_dir=tmp_path / f"out{iterations}{resume}")
+                     tokenizer=tok, hooks=Hooks(checkpoint_dir=ckpt), out_dir=tmp_path / name)
 
-    straight = _iterations(go(6, tmp_path / "a"))
-    first = _iterations(go(3, tmp_path / "b"))
-    resumed = _iterations(go(6, tmp_path / "b", resume=True))
+    straight = _iterations(go(6, tmp_path / "a", "out6False"))
+    first = _iterations(go(3, tmp_path / "b", "out3False"))
+    resumed = _iterations(go(6, tmp_path / "b", "out6True"))
     assert [h["iteration"] for h in first] == [1, 2, 3] and [h["iteration"] for h in resumed] == [1, 2, 3, 4, 5, 6]
     for a, b in zip(straight, resumed):
         for key in ("loss/policy_avg", "loss/value_avg", "objective/scores", "objective/kl", "objective/kl_coef", "objective/shaped_scores"):
@@ -139,7 +142,8 @@ def test_zero3_and_a_separate_critic_match_or_run(demo_data, sft_run, reward_run
 
 
 def test_lora_trains_only_adapters_and_uses_the_base_as_reference(demo_data, sft_run):
-    from components.ppo.api import build_models, encode_prompts
+    from components.ppo.api import build_models
+    from components.rl.driver import encode_prompts
     from components.ppo.trainer import PPOTrainer
 
     tok = load_data_tokenizer(demo_data.path)
@@ -164,7 +168,8 @@ def test_lora_in_bf16_holds_its_frozen_base_in_bf16_with_the_same_forwards(demo_
     bit-identical to an fp32-held base's, the base still plays the reference exactly (ratio 1, KL 0 at step 0), and
     the saved policy is merged in fp32."""
     from components.models.lora import merged
-    from components.ppo.api import build_models, encode_prompts
+    from components.ppo.api import build_models
+    from components.rl.driver import encode_prompts
     from components.ppo.trainer import PPOTrainer
 
     tok = load_data_tokenizer(demo_data.path)
@@ -250,7 +255,8 @@ def test_bf16_starts_at_ratio_one_and_zero_kl_and_stays_near_fp32(demo_data, sft
     copy computes what the policy computes; on the same samples bf16 log-probs stay within bf16 noise of fp32's."""
     from components.models.config import ScorerSpec
     from components.models.precision import Float32Head
-    from components.ppo.api import build_models, encode_prompts
+    from components.ppo.api import build_models
+    from components.rl.driver import encode_prompts
     from components.ppo.losses import logprobs_and_entropy
     from components.ppo.trainer import PPOTrainer
 
@@ -299,7 +305,8 @@ def test_bf16_true_holds_every_model_in_bf16_and_starts_at_ratio_one_and_zero_kl
     computed in fp32, moments bf16. At step 0 the update's ratio is exactly 1 and the KL exactly 0; the steps move
     the bf16 weights (stochastic rounding)."""
     from components.models.config import ScorerSpec
-    from components.ppo.api import build_models, encode_prompts
+    from components.ppo.api import build_models
+    from components.rl.driver import encode_prompts
     from components.ppo.losses import logprobs_and_entropy
     from components.ppo.trainer import PPOTrainer
 

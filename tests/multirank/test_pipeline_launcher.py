@@ -1,4 +1,4 @@
-"""A stage with compute.num_processes=2 runs through torchrun inside the pipeline flow: same StageOutput,
+"""A stage with placement num_processes=2 runs through torchrun inside the pipeline flow: same StageOutput,
 rank 0 alone logs into the stage's MLflow run."""
 from components.config.loading import load_config
 
@@ -11,7 +11,7 @@ def test_two_process_sft_inside_the_pipeline_logs_once(tmp_path, monkeypatch):
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     config = load_config("configs/tiny.yaml", [f"output_dir={tmp_path}/artifacts", f"state_dir={tmp_path}",
-                                               "sft.compute.num_processes=2", "sft.compute.micro_batch_size=8",
+                                               "placement.sft.num_processes=2", "sft.compute.micro_batch_size=8",
                                                "sft.model.arch.dropout=0.0", "sft.log_every=1"])
     with prefect_test_harness(server_startup_timeout=120):
         outputs = rlhf_pipeline(config)

@@ -19,8 +19,8 @@ STEPS = ["sft.max_steps=4", "sft.log_every=1", "sft.eval_every=2", "sft.compute.
 def launch(nproc: int, extra: list[str], data: Path, out: Path, stage: str = "sft") -> tuple[str, list[dict]]:
     metrics = out.with_suffix(".jsonl")
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", "-m", "components.launch", stage,
-           "--config", "configs/demo.yaml", "--data", str(data), "--out", str(out), "--metrics", str(metrics)]
+           f"--master_port={free_port()}", "-m", "tasks.launchers.rank", stage,
+           "--config", "configs/demo.yaml", "--input", f"data={data}", "--out", str(out), "--metrics", str(metrics)]
     for item in (STEPS if stage == "sft" else []) + extra:
         cmd += ["--set", item]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -98,23 +98,24 @@ def test_grpo_on_the_real_model_with_weighted_rewards(outputs, smol_tokenizer, t
     plus a Python function at half weight: no value head, each term logged, the reward their weighted sum."""
     from transformers import AutoConfig
 
-    from components.data.gold import gold_scores
     from components.ppo import run
+    from components.stage import Hooks, inputs_for
 
     out, state = outputs
     config = load_config("configs/smollm2.yaml", [
         *FEW_STEPS, "ppo.advantage=grpo", "ppo.num_generations=2", "ppo.batch_size=2",
         "ppo.rewards=[{weight: 1.0}, {function: 'components.data.gold:gold_scores', weight: 0.5, name: gold}]"])
     logged = []
-    result = run(config.ppo, out["data"].uri, tmp_path / "grpo", out["sft"].uri, out["reward"].uri,
-                 config.data.max_length, gold_fn=gold_scores, on_log=lambda step, m: logged.append(m))
+    assert config.gold_fn == "components.data.gold:gold_scores"  # held-out samples are scored by it
+    metrics = run(config.ppo, inputs_for("ppo", config, {s: out[s].uri for s in ("data", "sft", "reward")}),
+                  tmp_path / "grpo", Hooks(on_log=lambda step, m: logged.append(m)))
     stats = [m for m in logged if "loss/policy_avg" in m]
     assert len(stats) == 2
     for m in stats:
         assert m["objective/scores"] == pytest.approx(m["rewards/reward_model/mean"] + 0.5 * m["rewards/gold/mean"],
                                                       abs=1e-4)
         assert "loss/value_avg" not in m and 0.0 <= m["frac_reward_zero_std"] <= 1.0
-    assert "eval/gold_mean" in result.metrics and "eval/kl_to_ref" in result.metrics
+    assert "eval/gold_mean" in metrics and "eval/kl_to_ref" in metrics
     saved = AutoConfig.from_pretrained(tmp_path / "grpo")
     assert saved.model_type == "llama" and saved.vocab_size == len(smol_tokenizer)
 
@@ -124,17 +125,17 @@ def test_es_on_the_real_model_perturbs_lora_adapters(outputs, smol_tokenizer, tm
     forward passes only, the reward model scoring each member, the merged policy saved as a llama dir."""
     from transformers import AutoConfig
 
-    from components.data.gold import gold_scores
     from components.es import run
+    from components.stage import Hooks, inputs_for
 
     out, _ = outputs
     config = load_config("configs/smollm2.yaml", [*FEW_STEPS, "es.iterations=2", "es.population_size=2",
                                                   "es.batch_size=2", "es.rollout.max_new_tokens=8", "es.eval_every=2"])
     logged = []
-    result = run(config.es, out["data"].uri, tmp_path / "es", out["sft"].uri, out["reward"].uri, gold_fn=gold_scores,
-                 on_log=lambda step, m: logged.append(m))
+    metrics = run(config.es, inputs_for("es", config, {s: out[s].uri for s in ("data", "sft", "reward")}),
+                  tmp_path / "es", Hooks(on_log=lambda step, m: logged.append(m)))
     assert [m["es/reward_mean"] == m["rewards/reward_model/mean"] for m in logged if "es/reward_mean" in m] == [True] * 2
-    assert "eval/gold_mean" in result.metrics and "eval/initial/gold_mean" in result.metrics
+    assert "eval/gold_mean" in metrics and "eval/initial/gold_mean" in metrics
     saved = AutoConfig.from_pretrained(tmp_path / "es")
     assert saved.model_type == "llama" and saved.vocab_size == len(smol_tokenizer)
 
@@ -145,15 +146,15 @@ def test_full_fine_tune_ppo_in_bf16_true_on_the_real_model(outputs, tmp_path):
     moved at a full fine-tune's learning rate (stochastic rounding), and the saved policy loads as a llama dir."""
     from safetensors.torch import load_file
 
-    from components.data.gold import gold_scores
     from components.ppo import run
+    from components.stage import Hooks, inputs_for
 
     out, _ = outputs
     config = load_config("configs/smollm2.yaml", [*FEW_STEPS, "ppo.lora=null", "ppo.lr=1e-5",
                                                   "ppo.compute.precision=bf16-true"])
     logged = []
-    run(config.ppo, out["data"].uri, tmp_path / "ppo", out["sft"].uri, out["reward"].uri, config.data.max_length,
-        gold_fn=gold_scores, on_log=lambda step, m: logged.append(m))
+    run(config.ppo, inputs_for("ppo", config, {s: out[s].uri for s in ("data", "sft", "reward")}), tmp_path / "ppo",
+        Hooks(on_log=lambda step, m: logged.append(m)))
     stats = [m for m in logged if "loss/policy_avg" in m]
     assert len(stats) == 2 and stats[0]["objective/kl"] == 0.0
     assert all(torch.isfinite(torch.tensor(list(m.values()))).all() for m in stats)

@@ -10,9 +10,9 @@ from components.evaluation.metrics import per_prompt_means, win_rate
 from components.ppo.config import PPOConfig
 from components.ppo.kl import AdaptiveKLController, FixedKLController, from_state
 from components.errors import ConfigError
-from components.ppo.rewards import (RewardError, RewardTerm, RunningMoments, check_scores, combine_scores,
-                                      reward_terms, shape_scores, token_rewards)
-from components.ppo.rollout import _response_mask
+from components.ppo.shaping import RunningMoments, shape_scores, token_rewards
+from components.rl.generation import _response_mask
+from components.rl.rewards import RewardError, RewardTerm, check_scores, combine_scores, reward_terms
 
 
 def test_adaptive_kl_moves_beta_towards_the_target_and_clips_the_step():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from components.ppo.config import RolloutConfig
-from components.ppo.rollout import InverseCDFSample, sampling_processors
+from components.rl.config import RolloutConfig
+from components.rl.generation import InverseCDFSample, sampling_processors
 
 
 def assert_follows(tokens: torch.Tensor, probs: torch.Tensor):

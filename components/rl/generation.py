@@ -1,22 +1,71 @@
-"""PPO's first two phases: `rollout` samples responses with HF `generate` and keeps the policy's log-probs and
-values from that same pass; `score` adds the reference log-probs and the sequence scores."""
+"""Generation, shared by every on-policy stage: the `Actor` (a causal LM, optionally with a value head), sampling
+with HF `generate` (`rollout`: the responses and the policy's own log-probs and values from that same pass), and the
+forwards that read the response positions of a finished sequence (reference log-probs, a critic's values)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
 import torch
+from torch import nn
 from transformers import (LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
                           TopPLogitsWarper)
 
-from components.ppo.config import RolloutConfig
-from components.models.forward import inner_model
-from components.ppo.models import Actor, response_logprobs, response_values
-from components.ppo.rewards import RewardTerm
+from components.models.forward import inner_model, position_ids
+from components.models.precision import fp32_head
+from components.rl.config import RolloutConfig
+
+
+class Actor(nn.Module):
+    """A causal LM and, in the value-head layout, a linear value head on its final hidden states (one trunk
+    forward gives both). `lm` is what `generate` runs and what is saved as the policy."""
+
+    def __init__(self, lm: nn.Module, value_head: bool):
+        super().__init__()
+        self.lm = lm
+        hidden = lm.config.hidden_size if hasattr(lm.config, "hidden_size") else lm.config.n_embd
+        self.v_head = nn.Linear(hidden, 1) if value_head else None
+        fp32_head(self.v_head)
+        if self.v_head is not None:
+            nn.init.normal_(self.v_head.weight, std=1.0 / (hidden + 1) ** 0.5)
+            nn.init.zeros_(self.v_head.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int,
+                temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, R, V) predicting the last R tokens and values (B, R) of the states they are sampled in
+        (None without a value head). input_ids and attention_mask are (B, P + R)."""
+        inner = inner_model(self.lm)
+        hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                  position_ids=position_ids(attention_mask)).last_hidden_state  # (B, T, H)
+        hidden = hidden[:, -n_response - 1:-1]  # (B, R, H): the state before each response token
+        logits = inner.get_output_embeddings()(hidden) / (temperature or 1.0)  # (B, R, V)
+        values = self.v_head(hidden).squeeze(-1) if self.v_head is not None else None  # (B, R)
+        return logits, values
+
+    def values_of_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Values of final hidden states (..., H) -> (...)."""
+        return self.v_head(hidden).squeeze(-1)
+
+
+def response_values(critic: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    n_response: int) -> torch.Tensor:
+    """A separate critic's values (B, R) of the states before each of the last R tokens."""
+    out = critic(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask))
+    return out.logits[:, -n_response - 1:-1, 0].float()
+
+
+def response_logprobs(lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int,
+                      temperature: float = 1.0) -> torch.Tensor:
+    """log p(token) (B, R) of the last R tokens under a causal LM (the reference)."""
+    logits = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                logits_to_keep=n_response + 1).logits[:, :-1]  # (B, R, V)
+    logp = torch.log_softmax(logits.float() / (temperature or 1.0), dim=-1)
+    return torch.gather(logp, 2, input_ids[:, -n_response:].unsqueeze(-1)).squeeze(-1)
 
 
 @dataclass
 class Rollout:
-    """One batch of experience. Prompts are left-padded to P, responses right-padded to R."""
+    """One batch of experience. Prompts are left-padded to P, responses right-padded to R. `rollout` returns it
+    sampled; `components.rl.scoring.score` returns it complete (reference log-probs and scores filled)."""
 
     input_ids: torch.Tensor  # (B, P + R) prompt then response tokens
     attention_mask: torch.Tensor  # (B, P + R) 1 on real prompt tokens and on response tokens up to the first EOS
@@ -142,41 +191,6 @@ def decode_responses(batch: Rollout, tokenizer) -> list[str]:
     mask = batch.response_mask.bool()
     tokens = batch.input_ids[:, -batch.n_response:]
     return tokenizer.batch_decode([t[m].tolist() for t, m in zip(tokens, mask)], skip_special_tokens=True)
-
-
-@torch.no_grad()
-def score(batch: Rollout, ref_lm, critic, scorer, terms: list[RewardTerm], prompts: list[str], tokenizer,
-          temperature: float, messages: list | None = None) -> tuple[Rollout, list[str], list]:
-    """Fill ref_logprobs (with `ref_lm`; None: the policy's own, i.e. no reference and zero KL) and the separate
-    critic's values (if any), and score every reward term: the `Scorer` for the reward model's term, `fn(prompts,
-    responses)` for the others. `messages` are the prompts as chat messages where known (a scorer with its own chat
-    template renders them). Returns (batch, response texts, each term's raw scores, checked by the caller)."""
-    ids, mask, r = batch.input_ids, batch.attention_mask, batch.n_response
-    batch.ref_logprobs = (batch.logprobs.clone() if ref_lm is None
-                          else response_logprobs(ref_lm, ids, mask, r, temperature) * batch.response_mask)
-    if critic is not None:
-        batch.values = response_values(critic, ids, mask, r)
-    responses = decode_responses(batch, tokenizer)
-    return batch, responses, score_terms(batch, responses, scorer, terms, prompts, messages)
-
-
-def score_terms(batch: Rollout, responses: list[str], scorer, terms: list[RewardTerm], prompts: list[str],
-                messages: list | None = None) -> list:
-    """Each reward term's raw scores of the sampled responses: the `Scorer` (which reads the token ids) for the
-    reward model's term, `fn(prompts, responses)` for the others; checked by `rewards.combine_scores`."""
-    return [scorer(batch.input_ids, batch.attention_mask, prompts, responses, batch.has_eos, messages)
-            if t.fn is None else t.fn(prompts, responses) for t in terms]
-
-
-def sample_rows(batch: Rollout, responses: list[str], scores, indices: list[int], texts: list[str],
-                gold_fn: RewardFn | None) -> list[dict]:
-    """One row per sample: prompt index and text, response, score, gold score (None without a gold scorer),
-    KL to the reference (summed k1 over the response; needs batch.ref_logprobs) and length."""
-    kl = ((batch.logprobs - batch.ref_logprobs) * batch.response_mask).sum(1)
-    gold = gold_fn([texts[i] for i in indices], responses) if gold_fn else [None] * len(indices)
-    return [{"prompt_index": i, "prompt": texts[i], "response": r, "score": float(s), "gold": g, "kl": float(k),
-             "length": int(n)}
-            for i, r, s, g, k, n in zip(indices, responses, scores, gold, kl, batch.response_mask.sum(1))]
 
 
 @torch.no_grad()

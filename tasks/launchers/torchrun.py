@@ -1,4 +1,4 @@
-"""Run a training stage through torchrun when its `compute.num_processes` is above 1."""
+"""The torchrun launcher: `placement.num_processes` ranks of `tasks.launchers.rank` on this node."""
 from __future__ import annotations
 
 import json
@@ -7,29 +7,27 @@ import shutil
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 from components.compute.net import free_port
+from components.config.placement import StagePlacement
 from components.errors import RLHFError
 from tasks import termination
+from tasks.launchers.request import StageRequest
 from tasks.runner import StageRun
 
 
-def run_launched(stage: str, config, nproc: int, max_length: int, inputs: dict[str, Path], out: Path,
-                 stage_run: StageRun, gold: str | None = None, feedback_dirs: list[Path] = ()) -> dict[str, float]:
-    """torchrun `nproc` processes of `tasks.launched` on this node; returns rank 0's metrics. The stage run's id
-    goes down on the command line and the tracking URI (which may hold credentials) in the environment, so rank 0
-    logs into the same MLflow run; the stage's checkpoint
-    directory and where it is stored too, so rank 0 copies each checkpoint to the store."""
-    side = out.parent / f"{out.name}.launch"
+def launch(request: StageRequest, stage_run: StageRun, placement: StagePlacement) -> dict[str, float]:
+    """torchrun the ranks; returns rank 0's metrics. The request goes down as a file, the stage run's id on the
+    command line and the tracking URI (which may hold credentials) in the environment, so rank 0 logs into the
+    same MLflow run; the stage's checkpoint directory and where it is stored too, so rank 0 copies each
+    checkpoint to the store. The ranks' output becomes the run's `launch/output.log` artifact."""
+    side = request.out.parent / f"{request.out.name}.launch"
     side.mkdir(parents=True, exist_ok=True)
-    (side / "config.json").write_text(config.model_dump_json())
+    (side / "request.json").write_text(request.to_json())
+    nproc = placement.num_processes
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", "-m", "tasks.launched", stage, "--stage-config", str(side / "config.json"),
-           "--max-length", str(max_length), "--data", str(inputs["data"]), "--out", str(out),
+           f"--master_port={free_port()}", "-m", "tasks.launchers.rank", "--request", str(side / "request.json"),
            "--result", str(side / "result.json"), "--run-id", stage_run.run_id]
-    cmd += [f"--{name}={inputs[name]}" for name in ("sft", "reward") if name in inputs] + ([f"--gold={gold}"] if gold else [])
-    cmd += [f"--feedback={d}" for d in feedback_dirs]
     if stage_run.partial is not None:
         partial = stage_run.partial
         cmd += [f"--checkpoints={partial.local}", f"--checkpoint-store={partial.store.root}",
@@ -46,7 +44,7 @@ def run_launched(stage: str, config, nproc: int, max_length: int, inputs: dict[s
         (side / "output.log").write_text(output)
         stage_run.tracker.client.log_artifact(stage_run.run_id, str(side / "output.log"), "launch")
         if proc.returncode != 0:
-            raise RLHFError(f"{stage}: torchrun with {nproc} processes failed (exit {proc.returncode}):\n"
+            raise RLHFError(f"{request.stage}: torchrun with {nproc} processes failed (exit {proc.returncode}):\n"
                             f"{output[-3000:]}")
         return json.loads((side / "result.json").read_text())
     finally:

@@ -1,24 +1,22 @@
-"""From reward terms to per-token rewards: the weighted terms (reward model and/or Python functions), checks, EOS
-penalty, running normalisation, clipping, the KL penalty per token, and the score placed on the last real response
-token."""
+"""What a response is rewarded with: a weighted sum of terms, each the reward model or a Python function
+`fn(prompts, responses) -> list[float]`, checked (one finite number per response) and combined. Shared by every
+RL stage; what PPO then does with a score (normalising, clipping, the KL penalty per token) is PPO's own."""
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 from components.config.functions import load_function
 from components.errors import ConfigError, RLHFError
-from components.ppo.losses import KL_ESTIMATORS
 
 log = logging.getLogger(__name__)
 
 
 class RewardError(RLHFError):
-    """A reward function or model returned something PPO cannot train on."""
+    """A reward function or model returned something a policy cannot be trained on."""
 
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
@@ -34,11 +32,11 @@ class RewardTerm:
 
 
 def reward_terms(configs: Sequence, reward_fn: RewardFn | Sequence[RewardFn] | None,
-                 weights: Sequence[float] | None, has_model: bool) -> list[RewardTerm]:
+                 weights: Sequence[float] | None, has_model: bool, section: str = "ppo") -> list[RewardTerm]:
     """The terms of the reward. With `reward_fn` (a function or a list, the trlx-style API) those functions with
     `weights` (default 1 each), plus the reward model when one is given (weight from `configs` if they list it,
-    else 1); without, the `configs` (`ppo.rewards`), whose functions are imported. A term needing a reward model
-    that is not given, or no term at all, is a ConfigError."""
+    else 1); without, the `configs` (`<section>.rewards`), whose functions are imported. A term needing a reward
+    model that is not given, or no term at all, is a ConfigError naming `section`."""
     model_weight = next((c.weight for c in configs if c.function is None), 1.0)
     if reward_fn is not None:
         fns = [reward_fn] if callable(reward_fn) else list(reward_fn)
@@ -48,16 +46,16 @@ def reward_terms(configs: Sequence, reward_fn: RewardFn | Sequence[RewardFn] | N
         terms = [RewardTerm(getattr(fn, "__name__", f"reward_{i}"), w, fn) for i, (fn, w) in enumerate(zip(fns, weights))]
         terms += [RewardTerm("reward_model", model_weight)] if has_model else []
     else:
-        terms = [RewardTerm(c.label, c.weight, load_function(c.function, f"ppo.rewards[{i}].function"))
+        terms = [RewardTerm(c.label, c.weight, load_function(c.function, f"{section}.rewards[{i}].function"))
                  for i, c in enumerate(configs)]
         if not has_model and any(t.fn is None for t in terms):
-            raise ConfigError("ppo.rewards: a term is the reward model, but no reward model was given "
-                              "(ppo.reward_model, or the reward stage's)")
+            raise ConfigError(f"{section}.rewards: a term is the reward model, but no reward model was given "
+                              f"({section}.reward_model, or the reward stage's)")
     if not terms:
-        raise ConfigError("ppo: no reward: give a reward_fn, a reward model or ppo.rewards")
+        raise ConfigError(f"{section}: no reward: give a reward_fn, a reward model or {section}.rewards")
     names = [t.name for t in terms]
     if len(set(names)) != len(names):
-        raise ConfigError(f"ppo reward functions share a name ({names}); name them apart")
+        raise ConfigError(f"{section} reward functions share a name ({names}); name them apart")
     return terms
 
 
@@ -92,51 +90,20 @@ def combine_scores(raw: Sequence, terms: Sequence[RewardTerm], n: int,
     return (per_term @ weights) * keep, per_term * keep.unsqueeze(1), keep
 
 
+def score_terms(batch, responses: list[str], scorer, terms: list[RewardTerm], prompts: list[str],
+                messages: list | None = None) -> list:
+    """Each reward term's raw scores of the sampled responses: the `Scorer` (which reads the token ids of the
+    `Rollout` batch) for the reward model's term, `fn(prompts, responses)` for the others; checked by
+    `combine_scores`."""
+    return [scorer(batch.input_ids, batch.attention_mask, prompts, responses, batch.has_eos, messages)
+            if t.fn is None else t.fn(prompts, responses) for t in terms]
+
+
 @dataclass
-class RunningMoments:
-    """Running mean and std of scores (Chan et al. parallel update), for reward normalisation."""
+class Reward:
+    """The whole reward of an RL stage: its terms, the reward model when a term is it, and what a non-finite score
+    does (`error`: raise; `skip`: the sample takes no part)."""
 
-    mean: float = 0.0
-    var: float = 1.0
-    count: float = 1e-4
-
-    def update(self, x: torch.Tensor) -> None:
-        if x.numel() == 0:
-            return
-        batch_mean, batch_var, n = x.mean().item(), x.var(unbiased=False).item(), x.numel()
-        delta, total = batch_mean - self.mean, self.count + n
-        self.mean += delta * n / total
-        self.var = (self.var * self.count + batch_var * n + delta ** 2 * self.count * n / total) / total
-        self.count = total
-
-    @property
-    def std(self) -> float:
-        return math.sqrt(max(self.var, 1e-8))
-
-    def state_dict(self) -> dict:
-        return asdict(self)
-
-
-def shape_scores(scores: torch.Tensor, keep: torch.Tensor, has_eos: torch.Tensor, missing_eos_penalty: float | None,
-                 moments: RunningMoments | None, clip: float | None) -> torch.Tensor:
-    """Scores (B,) -> scores used for training: minus the EOS penalty where a response never ended, then
-    normalised by the running moments (updated with this batch), then clipped to [-clip, clip]."""
-    if missing_eos_penalty is not None:
-        scores = scores - missing_eos_penalty * (~has_eos).float()
-    if moments is not None:
-        moments.update(scores[keep])
-        scores = (scores - moments.mean) / moments.std
-    if clip is not None:
-        scores = scores.clamp(-clip, clip)
-    return scores * keep
-
-
-def token_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
-                  kl_coef: float, estimator: str, kl_in_reward: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token rewards (B, R): -kl_coef * KL_t on every response token (when the KL goes in the reward) and
-    the sequence score on the last real token. Returns (rewards, kl (B, R) per token, masked)."""
-    kl = KL_ESTIMATORS[estimator](logprobs - ref_logprobs) * mask  # (B, R)
-    rewards = -kl_coef * kl if kl_in_reward else torch.zeros_like(kl)
-    last = (mask.sum(1).long() - 1).clamp(min=0)  # (B,) index of the last real response token
-    rewards = rewards.scatter_add(1, last.unsqueeze(1), scores.unsqueeze(1).to(rewards.dtype))
-    return rewards * mask, kl
+    terms: list[RewardTerm]
+    scorer: object | None = None  # a `components.reward.scoring.Scorer`; None when no term is the reward model
+    nonfinite: str = "error"

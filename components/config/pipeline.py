@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+
 from pydantic import Field, field_validator, model_validator
 
 from components.config.base import StrictModel
@@ -17,7 +18,6 @@ from components.io.redact import has_userinfo
 from components.ppo.config import PPOConfig
 from components.reward.config import RewardConfig
 from components.sft.config import SFTConfig
-
 
 
 class TrackingConfig(StrictModel):
@@ -38,6 +38,7 @@ class PipelineConfig(StrictModel):
                                                           "AWS_ENDPOINT_URL, else AWS itself.")
     state_dir: str = Field(".rlhf", description="Local state: MLflow sqlite store, Prefect home, caches, work dirs.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow experiment and registry.")
+    # each stage's section, under the field its registry entry (components/config/stages.py) names
     data: DataConfig = Field(default_factory=DataConfig, description="Data prep stage.")
     sft: SFTConfig = Field(default_factory=SFTConfig, description="Supervised fine-tuning stage.")
     reward: RewardConfig = Field(default_factory=RewardConfig, description="Reward model stage.")

@@ -46,7 +46,8 @@ def main() -> None:
     from components.reward.scoring import load_scorer
 
     setup = argparse.Namespace(model=args.model, separate_critic=False, zero_stage=0, iterations=args.iterations,
-                               lora=args.lora, advantage="gae", num_generations=1, kl_coef=0.05)
+                               lora=args.lora, advantage="gae", num_generations=1, kl_coef=0.05, precision="fp32",
+                               gradient_checkpointing=False)
     ppo, tokenizer, texts, policy, scorer_spec, workload = (ppo_throughput.real_model(setup) if args.model
                                                              else ppo_throughput.toy(setup))
     config = ESConfig(population_size=args.population, batch_size=ppo.batch_size, iterations=args.iterations,

@@ -1,6 +1,8 @@
 """One Prefect flow per stage that reads others, built from the stage registry: rerun that stage alone on stored
 upstream outputs. `ppo_flow`, `dpo_flow`, ... are attributes of this module (the entrypoints prefect.yaml names,
-`flows/stages.py:ppo_flow`), made on first access by `stage_flow`.
+`flows/stages.py:ppo_flow`), made on first access by `stage_flow`. Prefect 3.8.8 loads an entrypoint by importing
+its file and reading the attribute (`import_object`), which a module-level `__getattr__` answers; it parses the
+file's AST only when that import fails (missing dependencies), which does not happen where the flows run.
 
 A stage flow's parameters are the pipeline config, one `<upstream>_uri` per stage it may read (empty: this config's
 own stored output, computed and cached when missing), `force`, `preset` and `overrides`: all with defaults the
